@@ -1,0 +1,875 @@
+//! Sending deliveries: coalescing into bulk calls, classifying answers, retrying,
+//! dead letters, chained rules and replays.
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::delivery::{AuthRef, DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use crate::event::{Event, EventId};
+use crate::ports::{
+    Credentials, DeliveryStore, EventStore, HttpRequest, HttpResponse, Queue, StoreError,
+    Transport, TransportError,
+};
+use crate::queue::{DispatchJob, Message, QueueName, RenderJob};
+use crate::rules::{render_event, NotRendered};
+use crate::secrets::{basic_header, SeCredentials};
+use crate::smartemailing::{says_rate_limited, Endpoint, Envelope};
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How much of an answer body is kept with a delivery.
+const RESPONSE_EXCERPT: usize = 500;
+
+/// What an answer means for the deliveries it carried.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Accepted.
+    Success {
+        /// Status and the start of the body.
+        response: String,
+    },
+    /// Worth another try later.
+    Retry {
+        /// Why it failed.
+        reason: String,
+        /// Status and the start of the body, if there was an answer.
+        response: Option<String>,
+        /// What the target asked for in `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// Will never work as it is.
+    Permanent {
+        /// Why.
+        reason: String,
+        /// Status and the start of the body.
+        response: Option<String>,
+        /// The status code, if there was an answer.
+        status: Option<u16>,
+    },
+    /// The credentials were refused (401).
+    Unauthorized {
+        /// Status and the start of the body.
+        response: String,
+    },
+}
+
+/// Whose answer is being classified: SmartEmailing's envelope rules apply only to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The SmartEmailing API.
+    SmartEmailing,
+    /// Any other HTTP endpoint.
+    Http,
+}
+
+/// The one place that decides what an answer means, for every action.
+pub fn classify(
+    target: Target,
+    result: &Result<HttpResponse, TransportError>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::Retry {
+                reason: e.to_string(),
+                response: None,
+                retry_after: None,
+            }
+        }
+    };
+    let excerpt = excerpt(resp);
+    let retry_after = resp
+        .header("retry-after")
+        .and_then(|v| parse_retry_after(v, now));
+    let status = resp.status;
+    let envelope = if target == Target::SmartEmailing {
+        Envelope::parse(&resp.body)
+    } else {
+        None
+    };
+    let message = envelope
+        .as_ref()
+        .map(Envelope::message_text)
+        .unwrap_or_default();
+    match status {
+        200..=299 => {
+            if let Some(env) = &envelope {
+                if env.is_error() {
+                    if says_rate_limited(&message) {
+                        return Outcome::Retry {
+                            reason: format!("SmartEmailing is rate limiting: {message}"),
+                            response: Some(excerpt),
+                            retry_after,
+                        };
+                    }
+                    return Outcome::Permanent {
+                        reason: format!(
+                            "SmartEmailing answered {status} with status error: {message}"
+                        ),
+                        response: Some(excerpt),
+                        status: Some(status),
+                    };
+                }
+            }
+            Outcome::Success { response: excerpt }
+        }
+        401 => Outcome::Unauthorized { response: excerpt },
+        408 | 425 | 429 | 500..=599 => Outcome::Retry {
+            reason: format!("the target answered {status}{}", suffix(&message)),
+            response: Some(excerpt),
+            retry_after,
+        },
+        _ if says_rate_limited(&message) => Outcome::Retry {
+            reason: format!("SmartEmailing is rate limiting: {message}"),
+            response: Some(excerpt),
+            retry_after,
+        },
+        _ => Outcome::Permanent {
+            reason: format!("the target answered {status}{}", suffix(&message)),
+            response: Some(excerpt),
+            status: Some(status),
+        },
+    }
+}
+
+fn suffix(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+fn excerpt(resp: &HttpResponse) -> String {
+    let text = String::from_utf8_lossy(&resp.body);
+    let mut cut: String = text.chars().take(RESPONSE_EXCERPT).collect();
+    if text.chars().count() > RESPONSE_EXCERPT {
+        cut.push('…');
+    }
+    format!("{} {}", resp.status, cut)
+}
+
+/// Parses `Retry-After`: seconds, or an HTTP date.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+    (when - now).to_std().ok().or(Some(Duration::ZERO))
+}
+
+/// The delay before attempt `attempts + 1`: the schedule's step, jittered ±20 %, and a
+/// `Retry-After` honoured between that step and twice it.
+pub fn retry_delay(
+    schedule: &[Duration],
+    attempts: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let idx = (attempts.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
+    let step = schedule
+        .get(idx)
+        .copied()
+        .unwrap_or(Duration::from_secs(60));
+    let jittered = step.mul_f64((1.0 + jitter.clamp(-0.2, 0.2)).max(0.0));
+    match retry_after {
+        Some(asked) => asked.clamp(step, step * 2).max(jittered.min(step * 2)),
+        None => jittered,
+    }
+}
+
+/// Counts of what a dispatch pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DispatchReport {
+    /// Deliveries accepted by their target.
+    pub sent: usize,
+    /// Deliveries recorded as dry-run.
+    pub dry_run: usize,
+    /// Deliveries scheduled for another attempt.
+    pub retrying: usize,
+    /// Deliveries given up.
+    pub dead: usize,
+    /// Calls made to targets.
+    pub calls: usize,
+    /// Messages dropped as duplicates of finished or scheduled deliveries.
+    pub duplicates: usize,
+}
+
+/// The dispatch step.
+pub struct Dispatcher {
+    config: Arc<Config>,
+    events: Arc<dyn EventStore>,
+    deliveries: Arc<dyn DeliveryStore>,
+    queue: Arc<dyn Queue>,
+    credentials: Arc<dyn Credentials>,
+    transport: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    rng: Mutex<StdRng>,
+}
+
+struct Work {
+    handle: String,
+    record: DeliveryRecord,
+}
+
+impl Dispatcher {
+    /// Wires the step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        events: Arc<dyn EventStore>,
+        deliveries: Arc<dyn DeliveryStore>,
+        queue: Arc<dyn Queue>,
+        credentials: Arc<dyn Credentials>,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+        seed: Option<u64>,
+    ) -> Self {
+        let rng = match seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_entropy(),
+        };
+        Self {
+            config,
+            events,
+            deliveries,
+            queue,
+            credentials,
+            transport,
+            clock,
+            rng: Mutex::new(rng),
+        }
+    }
+
+    /// How long a received batch stays hidden from other workers: long enough for every
+    /// call of the batch, split halves included.
+    pub fn visibility(&self) -> Duration {
+        self.config.delivery.timeout.get() * 4 + Duration::from_secs(30)
+    }
+
+    /// Handles one batch of dispatch messages.
+    pub async fn handle(&self, messages: Vec<Message>) -> Result<DispatchReport, StoreError> {
+        let mut report = DispatchReport::default();
+        let now = self.clock.now();
+        let mut to_ack: Vec<String> = Vec::new();
+        let mut chains: Vec<(EventId, String, u32)> = Vec::new();
+
+        let mut jobs: Vec<(String, DeliveryId)> = Vec::new();
+        for m in messages {
+            match serde_json::from_str::<DispatchJob>(&m.body) {
+                Ok(job) => jobs.push((m.handle, job.delivery)),
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping an unreadable dispatch message");
+                    to_ack.push(m.handle);
+                }
+            }
+        }
+        let ids: Vec<DeliveryId> = jobs.iter().map(|(_, id)| id.clone()).collect();
+        let mut records: HashMap<DeliveryId, DeliveryRecord> = self
+            .deliveries
+            .get_many(&ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+
+        let mut work: Vec<Work> = Vec::new();
+        let mut seen = HashSet::new();
+        for (handle, id) in jobs {
+            let Some(record) = records.remove(&id) else {
+                if seen.contains(&id) {
+                    report.duplicates += 1;
+                } else {
+                    tracing::warn!(delivery = %id, "dropping a message for an unknown delivery");
+                }
+                to_ack.push(handle);
+                continue;
+            };
+            seen.insert(id);
+            if record.status.is_final() {
+                // Already handled: a queue redelivery or a repeat. Never send twice, but make
+                // sure the chain it may have started was enqueued.
+                report.duplicates += 1;
+                if record.status.is_success() {
+                    chains.push((
+                        record.event_id.clone(),
+                        record.rule.clone(),
+                        record.chain_depth,
+                    ));
+                }
+                to_ack.push(handle);
+                continue;
+            }
+            if record.status == DeliveryStatus::Retrying
+                && record
+                    .next_attempt_at
+                    .is_some_and(|t| t > now.timestamp_millis() + 1000)
+            {
+                // An early copy; the scheduled message is still waiting in the queue.
+                report.duplicates += 1;
+                to_ack.push(handle);
+                continue;
+            }
+            work.push(Work { handle, record });
+        }
+
+        let creds = self
+            .credentials
+            .smartemailing()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        if creds.is_none() {
+            for mut w in work {
+                w.record.status = DeliveryStatus::DryRun;
+                w.record.last_error = None;
+                self.deliveries.save(&w.record).await?;
+                report.dry_run += 1;
+                chains.push((
+                    w.record.event_id.clone(),
+                    w.record.rule.clone(),
+                    w.record.chain_depth,
+                ));
+                to_ack.push(w.handle);
+            }
+        } else {
+            // Group by bulk key, keeping the order deliveries arrived in.
+            let mut groups: Vec<Vec<Work>> = Vec::new();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for w in work {
+                let key = match &w.record.request {
+                    Some(r) => r.bulk_key(&w.record.id),
+                    None => format!("none:{}", w.record.id),
+                };
+                match index.get(&key) {
+                    Some(&i) => groups[i].push(w),
+                    None => {
+                        index.insert(key, groups.len());
+                        groups.push(vec![w]);
+                    }
+                }
+            }
+            for group in groups {
+                let limit = match group.first().and_then(|w| w.record.request.as_ref()) {
+                    Some(Prepared::SmartEmailing { endpoint, .. }) => endpoint.batch_limit(),
+                    _ => 1,
+                };
+                let mut rest = group;
+                while !rest.is_empty() {
+                    let tail = rest.split_off(rest.len().min(limit));
+                    let chunk = std::mem::replace(&mut rest, tail);
+                    let records: Vec<&DeliveryRecord> = chunk.iter().map(|w| &w.record).collect();
+                    let outcomes = self.send_chunk(&records, &mut report).await;
+                    for (mut w, outcome) in chunk.into_iter().zip(outcomes) {
+                        let retry = self.apply(&mut w.record, &outcome, &mut report);
+                        self.deliveries.save(&w.record).await?;
+                        match retry {
+                            Some(delay) => {
+                                if let Err(e) = self
+                                    .queue
+                                    .retry_after(QueueName::Dispatch, &w.handle, delay)
+                                    .await
+                                {
+                                    tracing::error!(error = %e, delivery = %w.record.id, "could not schedule a retry; the queue will redeliver");
+                                }
+                            }
+                            None => {
+                                if w.record.status.is_success() {
+                                    chains.push((
+                                        w.record.event_id.clone(),
+                                        w.record.rule.clone(),
+                                        w.record.chain_depth,
+                                    ));
+                                }
+                                to_ack.push(w.handle);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut done = HashSet::new();
+        for (event, rule, depth) in chains {
+            if done.insert((event.clone(), rule.clone())) {
+                self.chain(&event, &rule, depth).await?;
+            }
+        }
+        if !to_ack.is_empty() {
+            if let Err(e) = self.queue.ack(QueueName::Dispatch, &to_ack).await {
+                tracing::warn!(error = %e, "could not delete handled messages; they will be seen again and dropped");
+            }
+        }
+        Ok(report)
+    }
+
+    fn send_chunk<'a>(
+        &'a self,
+        chunk: &'a [&'a DeliveryRecord],
+        report: &'a mut DispatchReport,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(first) = chunk.first() else {
+                return Vec::new();
+            };
+            let outcome = match &first.request {
+                None => Outcome::Permanent {
+                    reason: "the delivery has no rendered request; fix the config and replay it"
+                        .into(),
+                    response: None,
+                    status: None,
+                },
+                Some(Prepared::SmartEmailing {
+                    endpoint, group, ..
+                }) => {
+                    let items: Vec<Value> = chunk
+                        .iter()
+                        .filter_map(|r| match &r.request {
+                            Some(Prepared::SmartEmailing { item, .. }) => Some(item.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let outcome = self
+                        .call_smartemailing(*endpoint, group, items, report)
+                        .await;
+                    if let Outcome::Permanent {
+                        status: Some(422), ..
+                    } = &outcome
+                    {
+                        if chunk.len() > 1 {
+                            // One bad item must not sink the rest: split and try the halves.
+                            let (a, b) = chunk.split_at(chunk.len() / 2);
+                            let mut out = self.send_chunk(a, report).await;
+                            out.extend(self.send_chunk(b, report).await);
+                            return out;
+                        }
+                    }
+                    outcome
+                }
+                Some(Prepared::Http {
+                    method,
+                    url,
+                    headers,
+                    body,
+                    auth,
+                }) => {
+                    self.call_http(method, url, headers, body.as_deref(), auth.as_ref(), report)
+                        .await
+                }
+            };
+            vec![outcome; chunk.len()]
+        })
+    }
+
+    async fn call_smartemailing(
+        &self,
+        endpoint: Endpoint,
+        group: &Value,
+        items: Vec<Value>,
+        report: &mut DispatchReport,
+    ) -> Outcome {
+        let body = serde_json::to_vec(&endpoint.body(group, items)).unwrap_or_default();
+        let mut refreshed = false;
+        loop {
+            let creds: SeCredentials = match self.credentials.smartemailing().await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    return Outcome::Retry {
+                        reason: "SmartEmailing credentials are not configured".into(),
+                        response: None,
+                        retry_after: None,
+                    }
+                }
+                Err(e) => {
+                    return Outcome::Retry {
+                        reason: e.to_string(),
+                        response: None,
+                        retry_after: None,
+                    }
+                }
+            };
+            let request = HttpRequest {
+                method: "POST".into(),
+                url: format!("{}{}", self.config.smartemailing.base_url, endpoint.path()),
+                headers: vec![
+                    ("Content-Type".into(), "application/json".into()),
+                    ("Accept".into(), "application/json".into()),
+                    ("Authorization".into(), creds.basic_header()),
+                ],
+                body: Some(body.clone()),
+                timeout: self.config.delivery.timeout.get(),
+            };
+            report.calls += 1;
+            let result = self.transport.send(request).await;
+            match classify(Target::SmartEmailing, &result, self.clock.now()) {
+                Outcome::Unauthorized { response } => {
+                    if refreshed {
+                        return Outcome::Permanent {
+                            reason: "SmartEmailing refused the credentials (401) even after they were reloaded; check SMARTEMAILING_USERNAME and SMARTEMAILING_API_KEY".into(),
+                            response: Some(response),
+                            status: Some(401),
+                        };
+                    }
+                    tracing::warn!("SmartEmailing answered 401; reloading the credentials and trying once more");
+                    self.credentials.refresh().await;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_http(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Option<&str>,
+        auth: Option<&AuthRef>,
+        report: &mut DispatchReport,
+    ) -> Outcome {
+        let mut all: Vec<(String, String)> = headers.to_vec();
+        match auth {
+            None => {}
+            Some(AuthRef::Basic {
+                username,
+                password_secret,
+            }) => match self
+                .credentials
+                .secret(password_secret)
+                .await
+                .ok()
+                .flatten()
+            {
+                Some(p) => all.push(("Authorization".into(), basic_header(username, p.expose()))),
+                None => return missing_secret(password_secret),
+            },
+            Some(AuthRef::Bearer { secret }) => {
+                match self.credentials.secret(secret).await.ok().flatten() {
+                    Some(t) => all.push(("Authorization".into(), format!("Bearer {}", t.expose()))),
+                    None => return missing_secret(secret),
+                }
+            }
+        }
+        report.calls += 1;
+        let result = self
+            .transport
+            .send(HttpRequest {
+                method: method.to_string(),
+                url: url.to_string(),
+                headers: all,
+                body: body.map(|b| b.as_bytes().to_vec()),
+                timeout: self.config.delivery.timeout.get(),
+            })
+            .await;
+        match classify(Target::Http, &result, self.clock.now()) {
+            Outcome::Unauthorized { response } => Outcome::Permanent {
+                reason: "the endpoint refused the credentials (401)".into(),
+                response: Some(response),
+                status: Some(401),
+            },
+            other => other,
+        }
+    }
+
+    /// Records an outcome on a delivery; `Some(delay)` when it should be retried.
+    fn apply(
+        &self,
+        rec: &mut DeliveryRecord,
+        outcome: &Outcome,
+        report: &mut DispatchReport,
+    ) -> Option<Duration> {
+        let now = self.clock.now();
+        rec.attempts += 1;
+        match outcome {
+            Outcome::Success { response } => {
+                rec.status = DeliveryStatus::Sent;
+                rec.sent_at = Some(now.to_rfc3339_opts(SecondsFormat::Millis, true));
+                rec.last_response = Some(response.clone());
+                rec.last_error = None;
+                rec.next_attempt_at = None;
+                report.sent += 1;
+                tracing::info!(delivery = %rec.id, rule = %rec.rule, attempts = rec.attempts, "sent");
+                None
+            }
+            Outcome::Retry {
+                reason,
+                response,
+                retry_after,
+            } => {
+                rec.last_error = Some(reason.clone());
+                rec.last_response = response.clone();
+                let schedule: Vec<Duration> = self
+                    .config
+                    .delivery
+                    .retry_schedule
+                    .iter()
+                    .map(|d| d.get())
+                    .collect();
+                if rec.attempts as usize > schedule.len() {
+                    rec.status = DeliveryStatus::Dead;
+                    rec.last_error =
+                        Some(format!("gave up after {} attempts: {reason}", rec.attempts));
+                    rec.next_attempt_at = None;
+                    report.dead += 1;
+                    tracing::warn!(delivery = %rec.id, rule = %rec.rule, reason = %reason, "dead: retries exhausted");
+                    return None;
+                }
+                let jitter = self
+                    .rng
+                    .lock()
+                    .map(|mut r| r.gen_range(-0.2..=0.2))
+                    .unwrap_or(0.0);
+                let delay = retry_delay(&schedule, rec.attempts, *retry_after, jitter);
+                rec.status = DeliveryStatus::Retrying;
+                rec.next_attempt_at = Some(now.timestamp_millis() + delay.as_millis() as i64);
+                report.retrying += 1;
+                tracing::info!(delivery = %rec.id, attempts = rec.attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "retrying");
+                Some(delay)
+            }
+            Outcome::Permanent {
+                reason, response, ..
+            } => {
+                rec.status = DeliveryStatus::Dead;
+                rec.last_error = Some(reason.clone());
+                rec.last_response = response.clone();
+                rec.next_attempt_at = None;
+                report.dead += 1;
+                tracing::warn!(delivery = %rec.id, rule = %rec.rule, reason = %reason, "dead: permanent failure");
+                None
+            }
+            Outcome::Unauthorized { response } => {
+                rec.status = DeliveryStatus::Dead;
+                rec.last_error = Some("the credentials were refused (401)".into());
+                rec.last_response = Some(response.clone());
+                report.dead += 1;
+                None
+            }
+        }
+    }
+
+    /// Enqueues a rule's `then` rules once every one of its actions for the event succeeded.
+    async fn chain(
+        &self,
+        event_id: &EventId,
+        rule_name: &str,
+        depth: u32,
+    ) -> Result<(), StoreError> {
+        let Some(rule) = self.config.rule(rule_name) else {
+            return Ok(());
+        };
+        if rule.then.is_empty() || depth as usize >= self.config.max_chain_depth() {
+            return Ok(());
+        }
+        let mine: Vec<DeliveryRecord> = self
+            .deliveries
+            .for_event(event_id.as_str())
+            .await?
+            .into_iter()
+            .filter(|d| d.rule == rule_name)
+            .collect();
+        if mine.len() < rule.actions.len() || !mine.iter().all(|d| d.status.is_success()) {
+            return Ok(());
+        }
+        let Some(record) = self.events.get(event_id.as_str()).await? else {
+            tracing::warn!(event = %event_id, "cannot chain: the event is no longer stored");
+            return Ok(());
+        };
+        let event: Event =
+            serde_json::from_value(record.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let job = RenderJob {
+            event,
+            rules: Some(rule.then.clone()),
+            depth: depth + 1,
+        };
+        let body = serde_json::to_string(&job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.queue
+            .send(QueueName::Render, vec![body], Duration::ZERO)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+fn missing_secret(name: &str) -> Outcome {
+    Outcome::Permanent {
+        reason: format!(
+            "the secret `{name}` is not set ({} locally, webhook_secrets.{name} on AWS)",
+            crate::secrets::secret_env_name(name)
+        ),
+        response: None,
+        status: None,
+    }
+}
+
+/// Puts deliveries back in the queue with their original ids; a delivery already sent is
+/// left alone, so a replay never sends twice. Deliveries whose rendering failed are
+/// rendered again with the current config. Returns the ids queued.
+pub async fn replay(
+    config: &Config,
+    events: &dyn EventStore,
+    deliveries: &dyn DeliveryStore,
+    queue: &dyn Queue,
+    ids: &[DeliveryId],
+    now: DateTime<Utc>,
+) -> Result<Vec<DeliveryId>, StoreError> {
+    let mut queued = Vec::new();
+    for mut rec in deliveries.get_many(ids).await? {
+        if rec.status == DeliveryStatus::Sent {
+            continue;
+        }
+        if rec.request.is_none() || rec.status == DeliveryStatus::Skipped {
+            let Some(stored) = events.get(rec.event_id.as_str()).await? else {
+                continue;
+            };
+            let event: Event = serde_json::from_value(stored.event)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let only = vec![rec.rule.clone()];
+            let rendered = render_event(config, &event, Some(&only), now)
+                .into_iter()
+                .find(|r| r.index == rec.action_index);
+            match rendered.map(|r| r.result) {
+                Some(Ok(prepared)) => rec.request = Some(prepared),
+                Some(Err(NotRendered::Failed(why))) | Some(Err(NotRendered::Skipped(why))) => {
+                    rec.last_error = Some(why);
+                    deliveries.save(&rec).await?;
+                    continue;
+                }
+                None => continue,
+            }
+        }
+        rec.status = DeliveryStatus::Pending;
+        rec.attempts = 0;
+        rec.next_attempt_at = None;
+        deliveries.save(&rec).await?;
+        let body = serde_json::to_string(&DispatchJob {
+            delivery: rec.id.clone(),
+        })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        queue
+            .send(QueueName::Dispatch, vec![body], Duration::ZERO)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        queued.push(rec.id);
+    }
+    Ok(queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, body: &str) -> Result<HttpResponse, TransportError> {
+        Ok(HttpResponse {
+            status,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        })
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        let now = Utc::now();
+        let se = Target::SmartEmailing;
+        assert!(matches!(
+            classify(se, &resp(201, r#"{"status":"created","meta":[]}"#), now),
+            Outcome::Success { .. }
+        ));
+        assert!(matches!(
+            classify(se, &resp(200, r#"{"status":"error","message":"bad"}"#), now),
+            Outcome::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify(
+                se,
+                &resp(200, r#"{"status":"error","message":"Rate limit exceeded"}"#),
+                now
+            ),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(se, &resp(503, ""), now),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(se, &resp(429, ""), now),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(se, &resp(408, ""), now),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(
+                se,
+                &resp(422, r#"{"status":"error","message":"Invalid"}"#),
+                now
+            ),
+            Outcome::Permanent {
+                status: Some(422),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(se, &resp(401, ""), now),
+            Outcome::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            classify(se, &Err(TransportError::Timeout), now),
+            Outcome::Retry { .. }
+        ));
+        // Only SmartEmailing's envelope is read.
+        assert!(matches!(
+            classify(Target::Http, &resp(200, r#"{"status":"error"}"#), now),
+            Outcome::Success { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_bounded_by_the_schedule() {
+        let schedule = [Duration::from_secs(10), Duration::from_secs(60)];
+        assert_eq!(
+            retry_delay(&schedule, 1, None, 0.0),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            retry_delay(&schedule, 1, None, 0.2),
+            Duration::from_secs(12)
+        );
+        assert_eq!(
+            retry_delay(&schedule, 1, Some(Duration::from_secs(15)), 0.0),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            retry_delay(&schedule, 1, Some(Duration::from_secs(500)), 0.0),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            retry_delay(&schedule, 2, Some(Duration::from_secs(1)), 0.0),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            retry_delay(&schedule, 9, None, 0.0),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_dates() {
+        let now = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 26 Nov 2026 10:01:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! Accepting events: claim each id, enqueue one render job per new event, answer.
+//! Nothing is reported accepted before its job is durably enqueued.
+
+use crate::clock::Clock;
+use crate::event::{EventId, Submitted};
+use crate::idempotency::{Begin, EventRecord, RecordStatus, EVENT_RETENTION, IN_PROGRESS_LEASE};
+use crate::ports::{EventStore, Queue, StoreError};
+use crate::queue::{QueueName, RenderJob};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// What happened to one event of a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// New; its render job is enqueued.
+    Accepted,
+    /// Seen before with the same body; not processed again.
+    Duplicate,
+    /// Could not be enqueued; the key was released so a retry works.
+    Failed,
+}
+
+impl Accepted {
+    /// As written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accepted::Accepted => "accepted",
+            Accepted::Duplicate => "duplicate",
+            Accepted::Failed => "failed",
+        }
+    }
+}
+
+/// Why a submission was refused whole.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// The id was used before with a different body.
+    #[error("the id `{id}` was already used for a different event")]
+    KeyReused {
+        /// Position in the batch.
+        index: usize,
+        /// The id.
+        id: EventId,
+    },
+    /// The id is being processed by another request right now.
+    #[error("the event `{id}` is being accepted by another request; retry shortly")]
+    InProgress {
+        /// Position in the batch.
+        index: usize,
+        /// The id.
+        id: EventId,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The inbound step.
+pub struct Inbound {
+    events: Arc<dyn EventStore>,
+    queue: Arc<dyn Queue>,
+    clock: Arc<dyn Clock>,
+    wake: Option<Arc<Notify>>,
+}
+
+impl Inbound {
+    /// Wires the step; `wake` is poked after a successful enqueue (the local runner's workers).
+    pub fn new(
+        events: Arc<dyn EventStore>,
+        queue: Arc<dyn Queue>,
+        clock: Arc<dyn Clock>,
+        wake: Option<Arc<Notify>>,
+    ) -> Self {
+        Self {
+            events,
+            queue,
+            clock,
+            wake,
+        }
+    }
+
+    /// Accepts validated events: one outcome per event, in order.
+    pub async fn accept(
+        &self,
+        submitted: Vec<Submitted>,
+    ) -> Result<Vec<(EventId, Accepted)>, InboundError> {
+        self.accept_with_lease(submitted, IN_PROGRESS_LEASE).await
+    }
+
+    /// As `accept`, with the time a claim is held before another caller may take it over
+    /// (in Lambda: the invocation's remaining time).
+    pub async fn accept_with_lease(
+        &self,
+        submitted: Vec<Submitted>,
+        lease: Duration,
+    ) -> Result<Vec<(EventId, Accepted)>, InboundError> {
+        let now = self.clock.now();
+        let now_ms = now.timestamp_millis();
+        let mut outcomes: Vec<(EventId, Accepted)> = Vec::with_capacity(submitted.len());
+        let mut started: Vec<usize> = Vec::new();
+        for (index, sub) in submitted.iter().enumerate() {
+            let record = EventRecord {
+                id: sub.event.id.clone(),
+                kind: sub.event.kind.to_string(),
+                payload_hash: sub.payload_hash.clone(),
+                event: serde_json::to_value(&sub.event).unwrap_or_default(),
+                received_at: now_ms,
+                status: RecordStatus::InProgress,
+                in_progress_until: now_ms + lease.as_millis() as i64,
+                expires_at: now.timestamp() + EVENT_RETENTION.as_secs() as i64,
+            };
+            let claim = match self.events.begin(&record, now_ms).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.release_all(&submitted, &started).await;
+                    return Err(e.into());
+                }
+            };
+            match claim {
+                Begin::Started => {
+                    started.push(index);
+                    outcomes.push((sub.event.id.clone(), Accepted::Accepted));
+                }
+                Begin::Existing(held) if held.payload_hash != sub.payload_hash => {
+                    self.release_all(&submitted, &started).await;
+                    return Err(InboundError::KeyReused {
+                        index,
+                        id: sub.event.id.clone(),
+                    });
+                }
+                Begin::Existing(held) if held.status == RecordStatus::Completed => {
+                    outcomes.push((sub.event.id.clone(), Accepted::Duplicate));
+                }
+                Begin::Existing(_) => {
+                    self.release_all(&submitted, &started).await;
+                    return Err(InboundError::InProgress {
+                        index,
+                        id: sub.event.id.clone(),
+                    });
+                }
+            }
+        }
+        if started.is_empty() {
+            return Ok(outcomes);
+        }
+
+        let bodies: Vec<String> = started
+            .iter()
+            .map(|&i| {
+                serde_json::to_string(&RenderJob {
+                    event: submitted[i].event.clone(),
+                    rules: None,
+                    depth: 0,
+                })
+                .unwrap_or_default()
+            })
+            .collect();
+        let failed: Vec<usize> = match self
+            .queue
+            .send(QueueName::Render, bodies, Duration::ZERO)
+            .await
+        {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not enqueue render jobs");
+                e.failed
+                    .iter()
+                    .filter_map(|&k| started.get(k).copied())
+                    .collect()
+            }
+        };
+        for &i in &started {
+            let id = &submitted[i].event.id;
+            if failed.contains(&i) {
+                if let Err(e) = self.events.release(id).await {
+                    tracing::error!(error = %e, event = %id, "could not release an idempotency key");
+                }
+                outcomes[i].1 = Accepted::Failed;
+            } else if let Err(e) = self.events.complete(id).await {
+                // The job is enqueued, so the event is safe; a retry after the lease
+                // re-enqueues it and the deterministic delivery ids absorb the repeat.
+                tracing::warn!(error = %e, event = %id, "could not mark an event completed");
+            }
+        }
+        if failed.len() < started.len() {
+            if let Some(w) = &self.wake {
+                w.notify_one();
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn release_all(&self, submitted: &[Submitted], started: &[usize]) {
+        for &i in started {
+            if let Err(e) = self.events.release(&submitted[i].event.id).await {
+                tracing::error!(error = %e, "could not release an idempotency key");
+            }
+        }
+    }
+}

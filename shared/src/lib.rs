@@ -1,0 +1,22 @@
+//! The relay's core: events, rules, rendering, the SmartEmailing client, the ports and
+//! their local adapters, and the HTTP router shared by `relay serve` and the inbound Lambda.
+
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod dispatch;
+pub mod duration;
+pub mod event;
+pub mod http;
+pub mod idempotency;
+pub mod inbound;
+pub mod local;
+pub mod ports;
+pub mod queue;
+pub mod render;
+pub mod render_step;
+pub mod rules;
+pub mod secrets;
+pub mod smartemailing;
+pub mod transport;
+pub mod webhook;

@@ -1,0 +1,4 @@
+//! The local adapters (SQLite) and the runner behind `relay serve`.
+
+pub mod runner;
+pub mod sqlite;

@@ -1,0 +1,257 @@
+//! `relay serve`: the HTTP API and the render and dispatch workers in one process, on SQLite.
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::http::{router, AppState};
+use crate::inbound::Inbound;
+use crate::local::sqlite::SqliteStore;
+use crate::ports::{Credentials, Queue, StoreError, Transport};
+use crate::queue::QueueName;
+use crate::render_step::{RenderResult, RenderStep};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+/// How many render jobs one pass takes.
+const RENDER_BATCH: usize = 100;
+/// How many dispatch jobs one pass takes: enough to fill a bulk call.
+const DISPATCH_BATCH: usize = 1000;
+
+/// What `start` needs.
+pub struct RunnerOptions {
+    /// The loaded config.
+    pub config: Arc<Config>,
+    /// Where the SQLite file lives.
+    pub state_dir: PathBuf,
+    /// Credentials and API keys.
+    pub credentials: Arc<dyn Credentials>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The HTTP transport for deliveries.
+    pub transport: Arc<dyn Transport>,
+    /// The largest request body taken.
+    pub body_limit: usize,
+    /// How often idle workers look for due messages (retries, delayed jobs).
+    pub poll_interval: Duration,
+    /// A seed for retry jitter (tests), or `None` for entropy.
+    pub seed: Option<u64>,
+}
+
+/// A running relay.
+pub struct Relay {
+    /// The address the API listens on.
+    pub addr: SocketAddr,
+    /// The store (for inspection).
+    pub store: SqliteStore,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Stops accepting, lets the calls in flight finish, stops the workers after their
+    /// current pass, and returns when all is done.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        for w in self.workers {
+            let _ = w.await;
+        }
+    }
+}
+
+/// Opens the store and starts the API and the workers.
+pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, StoreError> {
+    let store = SqliteStore::open(&opts.state_dir, opts.clock.clone())?;
+    let released = store.release_leases()?;
+    if released > 0 {
+        tracing::info!(
+            messages = released,
+            "resuming work left by the previous run"
+        );
+    }
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let shared = Arc::new(store.clone());
+    let render_wake = Arc::new(Notify::new());
+    let dispatch_wake = Arc::new(Notify::new());
+    let (stop, stop_rx) = watch::channel(false);
+
+    let state = Arc::new(AppState {
+        config: opts.config.clone(),
+        inbound: Inbound::new(
+            shared.clone(),
+            shared.clone(),
+            opts.clock.clone(),
+            Some(render_wake.clone()),
+        ),
+        events: shared.clone(),
+        deliveries: shared.clone(),
+        credentials: opts.credentials.clone(),
+        clock: opts.clock.clone(),
+        body_limit: opts.body_limit,
+    });
+    let app = router(state);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "the HTTP server failed");
+        }
+    });
+
+    let render = RenderStep::new(
+        opts.config.clone(),
+        shared.clone(),
+        shared.clone(),
+        opts.clock.clone(),
+        Some(dispatch_wake.clone()),
+    );
+    let render_worker = tokio::spawn(render_loop(
+        render,
+        store.clone(),
+        render_wake,
+        stop_rx.clone(),
+        opts.poll_interval,
+    ));
+    let dispatcher = Dispatcher::new(
+        opts.config.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        opts.credentials.clone(),
+        opts.transport.clone(),
+        opts.clock.clone(),
+        opts.seed,
+    );
+    let dispatch_worker = tokio::spawn(dispatch_loop(
+        dispatcher,
+        store.clone(),
+        dispatch_wake,
+        stop_rx,
+        opts.poll_interval,
+        opts.config.delivery.batch_window.get(),
+    ));
+    Ok(Relay {
+        addr,
+        store,
+        stop,
+        server,
+        workers: vec![render_worker, dispatch_worker],
+    })
+}
+
+/// Waits for a wake-up, the poll interval, or the stop signal; false when stopping.
+async fn idle(wake: &Notify, stop: &mut watch::Receiver<bool>, poll: Duration) -> bool {
+    tokio::select! {
+        _ = wake.notified() => true,
+        _ = tokio::time::sleep(poll) => true,
+        _ = stop.wait_for(|s| *s) => false,
+    }
+}
+
+async fn render_loop(
+    step: RenderStep,
+    store: SqliteStore,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    poll: Duration,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let msgs = match store
+            .receive(QueueName::Render, RENDER_BATCH, Duration::from_secs(60))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the render queue");
+                Vec::new()
+            }
+        };
+        if msgs.is_empty() {
+            if !idle(&wake, &mut stop, poll).await {
+                return;
+            }
+            continue;
+        }
+        let mut done = Vec::new();
+        for m in &msgs {
+            match step.handle(m).await {
+                Ok(RenderResult::Done(_)) => done.push(m.handle.clone()),
+                Ok(RenderResult::Unreadable(why)) => {
+                    tracing::error!(reason = %why, "dropping a poison render job");
+                    done.push(m.handle.clone());
+                }
+                Err(e) => tracing::error!(error = %e, "render failed; the job will be retried"),
+            }
+        }
+        if let Err(e) = store.ack(QueueName::Render, &done).await {
+            tracing::warn!(error = %e, "cannot delete rendered jobs; they will be rendered again harmlessly");
+        }
+    }
+}
+
+async fn dispatch_loop(
+    dispatcher: Dispatcher,
+    store: SqliteStore,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    poll: Duration,
+    batch_window: Duration,
+) {
+    let visibility = dispatcher.visibility();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut msgs = match store
+            .receive(QueueName::Dispatch, DISPATCH_BATCH, visibility)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the dispatch queue");
+                Vec::new()
+            }
+        };
+        if msgs.is_empty() {
+            if !idle(&wake, &mut stop, poll).await {
+                return;
+            }
+            continue;
+        }
+        if msgs.len() < DISPATCH_BATCH && !batch_window.is_zero() {
+            // Give a burst a moment to fill the bulk call.
+            tokio::select! {
+                _ = tokio::time::sleep(batch_window) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            if let Ok(more) = store
+                .receive(QueueName::Dispatch, DISPATCH_BATCH - msgs.len(), visibility)
+                .await
+            {
+                msgs.extend(more);
+            }
+        }
+        match dispatcher.handle(msgs).await {
+            Ok(report) => tracing::debug!(?report, "dispatch pass"),
+            Err(e) => {
+                tracing::error!(error = %e, "dispatch pass failed; its messages will be retried")
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! One SQLite file holding the events (idempotency records), the deliveries and the two
+//! queues, with the same semantics as the DynamoDB table and the SQS queues on AWS.
+
+use crate::clock::Clock;
+use crate::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use crate::event::EventId;
+use crate::idempotency::{Begin, EventRecord, RecordStatus};
+use crate::ports::{DeliveryFilter, DeliveryStore, EventStore, Queue, QueueError, StoreError};
+use crate::queue::{Message, QueueName};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    payload_hash TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    in_progress_until INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    action TEXT NOT NULL,
+    action_index INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    last_response TEXT,
+    sent_at TEXT,
+    next_attempt_at INTEGER,
+    request TEXT,
+    created_at INTEGER NOT NULL,
+    chain_depth INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries(event_id, created_at);
+CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries(status, created_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    leased INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(queue, visible_at);
+"#;
+
+/// The local store: events, deliveries and queues in one SQLite database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn queue_err(e: impl std::fmt::Display, n: usize) -> QueueError {
+    QueueError {
+        failed: (0..n).collect(),
+        message: e.to_string(),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `relay.db` in the state directory.
+    pub fn open(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
+        let conn = Connection::open(state_dir.join("relay.db")).map_err(unavailable)?;
+        // WAL keeps readers off the writer's back; FULL syncs each commit, so an answer of
+        // 202 means the event is on disk.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            clock,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every leased message visible again: the process that held them is gone.
+    /// Only the one process that runs the workers may call this, at its start.
+    pub fn release_leases(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now_ms();
+        self.lock()
+            .execute(
+                "UPDATE jobs SET leased = 0, visible_at = ?1 WHERE leased = 1",
+                params![now],
+            )
+            .map_err(unavailable)
+    }
+
+    /// How many messages wait in a queue (visible or not).
+    pub fn queue_depth(&self, queue: QueueName) -> Result<usize, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE queue = ?1",
+                params![queue.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as usize)
+            .map_err(unavailable)
+    }
+
+    /// When the next message of a queue becomes visible (Unix ms), if any waits.
+    pub fn next_visible_at(&self, queue: QueueName) -> Result<Option<i64>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT MIN(visible_at) FROM jobs WHERE queue = ?1",
+                params![queue.as_str()],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(unavailable)
+    }
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
+    let body: String = row.get("body")?;
+    let status: String = row.get("status")?;
+    Ok(EventRecord {
+        id: EventId::from_stored(row.get::<_, String>("id")?),
+        kind: row.get("type")?,
+        payload_hash: row.get("payload_hash")?,
+        event: serde_json::from_str(&body).unwrap_or_default(),
+        received_at: row.get("received_at")?,
+        status: RecordStatus::parse(&status).unwrap_or(RecordStatus::InProgress),
+        in_progress_until: row.get("in_progress_until")?,
+        expires_at: row.get("expires_at")?,
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, event_id, rule, action, action_index, status, attempts, last_error, last_response, sent_at, next_attempt_at, request, created_at, chain_depth";
+
+fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    let status: String = row.get(5)?;
+    let request: Option<String> = row.get(11)?;
+    Ok(DeliveryRecord {
+        id: DeliveryId::from_stored(row.get::<_, String>(0)?),
+        event_id: EventId::from_stored(row.get::<_, String>(1)?),
+        rule: row.get(2)?,
+        action: row.get(3)?,
+        action_index: row.get::<_, i64>(4)? as usize,
+        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        attempts: row.get::<_, i64>(6)? as u32,
+        last_error: row.get(7)?,
+        last_response: row.get(8)?,
+        sent_at: row.get(9)?,
+        next_attempt_at: row.get(10)?,
+        request: request.and_then(|r| serde_json::from_str::<Prepared>(&r).ok()),
+        created_at: row.get(12)?,
+        chain_depth: row.get::<_, i64>(13)? as u32,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn begin(&self, record: &EventRecord, now_ms: i64) -> Result<Begin, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(unavailable)?;
+        let existing = tx
+            .query_row(
+                "SELECT * FROM events WHERE id = ?1",
+                params![record.id.as_str()],
+                event_from_row,
+            )
+            .optional()
+            .map_err(unavailable)?;
+        if let Some(held) = existing {
+            if !held.is_claimable(now_ms) {
+                return Ok(Begin::Existing(held));
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO events (id, type, payload_hash, body, received_at, status, in_progress_until, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                record.id.as_str(),
+                record.kind,
+                record.payload_hash,
+                record.event.to_string(),
+                record.received_at,
+                record.status.as_str(),
+                record.in_progress_until,
+                record.expires_at
+            ],
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(Begin::Started)
+    }
+
+    async fn complete(&self, id: &EventId) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE events SET status = 'COMPLETED' WHERE id = ?1",
+                params![id.as_str()],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn release(&self, id: &EventId) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM events WHERE id = ?1 AND status = 'IN_PROGRESS'",
+                params![id.as_str()],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT * FROM events WHERE id = ?1",
+                params![id],
+                event_from_row,
+            )
+            .optional()
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn insert_new(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(unavailable)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ))
+                .map_err(unavailable)?;
+            for r in records {
+                stmt.execute(params![
+                    r.id.as_str(),
+                    r.event_id.as_str(),
+                    r.rule,
+                    r.action,
+                    r.action_index as i64,
+                    r.status.as_str(),
+                    r.attempts as i64,
+                    r.last_error,
+                    r.last_response,
+                    r.sent_at,
+                    r.next_attempt_at,
+                    r.request
+                        .as_ref()
+                        .map(|p| serde_json::to_string(p).unwrap_or_default()),
+                    r.created_at,
+                    r.chain_depth as i64
+                ])
+                .map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
+            ))
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = stmt
+                .query_row(params![id.as_str()], delivery_from_row)
+                .optional()
+                .map_err(unavailable)?
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
+                 next_attempt_at = ?7, request = ?8 WHERE id = ?1",
+                params![
+                    r.id.as_str(),
+                    r.status.as_str(),
+                    r.attempts as i64,
+                    r.last_error,
+                    r.last_response,
+                    r.sent_at,
+                    r.next_attempt_at,
+                    r.request.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default()),
+                ],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY created_at, chain_depth, rule, action_index"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![event_id], delivery_from_row)
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    }
+
+    async fn list(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let conn = self.lock();
+        let limit = if f.limit == 0 {
+            i64::MAX
+        } else {
+            f.limit as i64
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR rule = ?2) AND (?3 IS NULL OR created_at >= ?3)
+                 ORDER BY created_at, id LIMIT ?4"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(
+                params![f.status.map(|s| s.as_str()), f.rule, f.since_ms, limit],
+                delivery_from_row,
+            )
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteStore {
+    async fn send(
+        &self,
+        queue: QueueName,
+        bodies: Vec<String>,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let n = bodies.len();
+        let visible_at = self.clock.now_ms() + delay.as_millis() as i64;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| queue_err(e, n))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)")
+                .map_err(|e| queue_err(e, n))?;
+            for b in &bodies {
+                stmt.execute(params![queue.as_str(), b, visible_at])
+                    .map_err(|e| queue_err(e, n))?;
+            }
+        }
+        tx.commit().map_err(|e| queue_err(e, n))
+    }
+
+    async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        let now = self.clock.now_ms();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| queue_err(e, 0))?;
+        let msgs = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id, body, receive_count FROM jobs WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
+                )
+                .map_err(|e| queue_err(e, 0))?;
+            let rows = stmt
+                .query_map(params![queue.as_str(), now, max as i64], |r| {
+                    Ok(Message {
+                        handle: r.get::<_, i64>(0)?.to_string(),
+                        body: r.get(1)?,
+                        receive_count: r.get::<_, i64>(2)? as u32 + 1,
+                    })
+                })
+                .map_err(|e| queue_err(e, 0))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| queue_err(e, 0))?
+        };
+        {
+            let mut upd = tx
+                .prepare_cached("UPDATE jobs SET visible_at = ?2, leased = 1, receive_count = receive_count + 1 WHERE id = ?1")
+                .map_err(|e| queue_err(e, 0))?;
+            let until = now + visibility.as_millis() as i64;
+            for m in &msgs {
+                upd.execute(params![m.handle.parse::<i64>().unwrap_or(-1), until])
+                    .map_err(|e| queue_err(e, 0))?;
+            }
+        }
+        tx.commit().map_err(|e| queue_err(e, 0))?;
+        Ok(msgs)
+    }
+
+    async fn ack(&self, _queue: QueueName, handles: &[String]) -> Result<(), QueueError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(|e| queue_err(e, handles.len()))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                .map_err(|e| queue_err(e, handles.len()))?;
+            for h in handles {
+                stmt.execute(params![h.parse::<i64>().unwrap_or(-1)])
+                    .map_err(|e| queue_err(e, handles.len()))?;
+            }
+        }
+        tx.commit().map_err(|e| queue_err(e, handles.len()))
+    }
+
+    async fn retry_after(
+        &self,
+        _queue: QueueName,
+        handle: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let at = self.clock.now_ms() + delay.as_millis() as i64;
+        self.lock()
+            .execute(
+                "UPDATE jobs SET visible_at = ?2, leased = 0 WHERE id = ?1",
+                params![handle.parse::<i64>().unwrap_or(-1), at],
+            )
+            .map(|_| ())
+            .map_err(|e| queue_err(e, 1))
+    }
+}
