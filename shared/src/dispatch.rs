@@ -184,7 +184,7 @@ pub fn retry_delay(
 }
 
 /// Counts of what a dispatch pass did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct DispatchReport {
     /// Deliveries accepted by their target.
     pub sent: usize,
@@ -198,6 +198,10 @@ pub struct DispatchReport {
     pub calls: usize,
     /// Messages dropped as duplicates of finished or scheduled deliveries.
     pub duplicates: usize,
+    /// Handles of the messages scheduled for a retry (a Lambda reports them as batch failures).
+    pub retried_handles: Vec<String>,
+    /// Deliveries that became dead in this pass.
+    pub dead_ids: Vec<DeliveryId>,
 }
 
 /// The dispatch step.
@@ -367,8 +371,12 @@ impl Dispatcher {
                     for (mut w, outcome) in chunk.into_iter().zip(outcomes) {
                         let retry = self.apply(&mut w.record, &outcome, &mut report);
                         self.deliveries.save(&w.record).await?;
+                        if w.record.status == DeliveryStatus::Dead {
+                            report.dead_ids.push(w.record.id.clone());
+                        }
                         match retry {
                             Some(delay) => {
+                                report.retried_handles.push(w.handle.clone());
                                 if let Err(e) = self
                                     .queue
                                     .retry_after(QueueName::Dispatch, &w.handle, delay)
