@@ -181,8 +181,7 @@ struct MoveSpec {
 #[serde(deny_unknown_fields)]
 struct SenderSpec {
     from: String,
-    #[serde(default)]
-    sender_name: Option<String>,
+    sender_name: String,
     #[serde(default)]
     reply_to: Option<String>,
 }
@@ -1058,7 +1057,7 @@ fn compile_action(
 fn sender_value(s: &SenderSpec) -> Value {
     json!({
         "from": s.from,
-        "sender_name": s.sender_name.clone().unwrap_or_default(),
+        "sender_name": s.sender_name,
         "reply_to": s.reply_to.clone().unwrap_or_else(|| s.from.clone()),
     })
 }

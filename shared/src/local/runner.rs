@@ -69,6 +69,13 @@ impl Relay {
 pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, StoreError> {
     let store = SqliteStore::open(&opts.state_dir, opts.clock.clone())?;
     let released = store.release_leases()?;
+    let expired = store.expire_claims()?;
+    if expired > 0 {
+        tracing::info!(
+            events = expired,
+            "events interrupted while being accepted can be sent again"
+        );
+    }
     if released > 0 {
         tracing::info!(
             messages = released,

@@ -112,6 +112,18 @@ impl SqliteStore {
             .map_err(unavailable)
     }
 
+    /// Lets a retry take over every IN_PROGRESS event claim at once: their holder (the
+    /// previous process) is gone. A job it did enqueue is harmless to enqueue again, since
+    /// delivery ids are derived from the event. Only the runner may call this, at its start.
+    pub fn expire_claims(&self) -> Result<usize, StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE events SET in_progress_until = 0 WHERE status = 'IN_PROGRESS'",
+                [],
+            )
+            .map_err(unavailable)
+    }
+
     /// How many messages wait in a queue (visible or not).
     pub fn queue_depth(&self, queue: QueueName) -> Result<usize, StoreError> {
         self.lock()
