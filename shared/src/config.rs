@@ -66,6 +66,52 @@ pub struct DeliverySettings {
     /// How long to wait to fill a bulk call.
     #[serde(default = "default_batch_window")]
     pub batch_window: HumanDuration,
+    /// The least wait after a 429, a timeout or a rate-limit message.
+    #[serde(default = "default_min_overload_delay")]
+    pub min_overload_delay: HumanDuration,
+    /// When a target's circuit opens, and when it is probed.
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+    /// Calls per second per target (the SmartEmailing account, or a webhook host).
+    #[serde(default = "default_max_rps")]
+    pub max_requests_per_second: f64,
+}
+
+/// The circuit breaker's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Failed calls in a row that open the circuit.
+    #[serde(default = "default_open_after")]
+    pub open_after: u32,
+    /// How long an open circuit waits before one probe.
+    #[serde(default = "default_probe_after")]
+    pub probe_after: HumanDuration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            open_after: default_open_after(),
+            probe_after: default_probe_after(),
+        }
+    }
+}
+
+fn default_open_after() -> u32 {
+    10
+}
+
+fn default_probe_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_min_overload_delay() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+fn default_max_rps() -> f64 {
+    10.0
 }
 
 impl Default for DeliverySettings {
@@ -74,6 +120,9 @@ impl Default for DeliverySettings {
             timeout: default_timeout(),
             retry_schedule: default_retry_schedule(),
             batch_window: default_batch_window(),
+            min_overload_delay: default_min_overload_delay(),
+            breaker: BreakerSettings::default(),
+            max_requests_per_second: default_max_rps(),
         }
     }
 }
@@ -487,6 +536,14 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
     }
     if raw.delivery.timeout.get().is_zero() {
         problems.push("delivery.timeout: must be more than zero".into());
+    }
+    if !(raw.delivery.max_requests_per_second >= 0.0
+        && raw.delivery.max_requests_per_second.is_finite())
+    {
+        problems.push("delivery.max_requests_per_second: must be a number of calls per second (0 for no limit)".into());
+    }
+    if raw.delivery.breaker.open_after == 0 {
+        problems.push("delivery.breaker.open_after: must be at least 1".into());
     }
 
     for (i, r) in raw.rules.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Sending deliveries: coalescing into bulk calls, classifying answers, retrying,
 //! dead letters, chained rules and replays.
 
+use crate::breaker::{Breakers, Gate, Pacer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{AuthRef, DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
@@ -39,6 +40,9 @@ pub enum Outcome {
         response: Option<String>,
         /// What the target asked for in `Retry-After`.
         retry_after: Option<Duration>,
+        /// The target is overloaded (429, a timeout, a rate-limit message): wait at least
+        /// `min_overload_delay`.
+        overload: bool,
     },
     /// Will never work as it is.
     Permanent {
@@ -78,6 +82,7 @@ pub fn classify(
                 reason: e.to_string(),
                 response: None,
                 retry_after: None,
+                overload: matches!(e, TransportError::Timeout),
             }
         }
     };
@@ -104,6 +109,7 @@ pub fn classify(
                             reason: format!("SmartEmailing is rate limiting: {message}"),
                             response: Some(excerpt),
                             retry_after,
+                            overload: true,
                         };
                     }
                     return Outcome::Permanent {
@@ -122,11 +128,13 @@ pub fn classify(
             reason: format!("the target answered {status}{}", suffix(&message)),
             response: Some(excerpt),
             retry_after,
+            overload: status == 429 || says_rate_limited(&message),
         },
         _ if says_rate_limited(&message) => Outcome::Retry {
             reason: format!("SmartEmailing is rate limiting: {message}"),
             response: Some(excerpt),
             retry_after,
+            overload: true,
         },
         _ => Outcome::Permanent {
             reason: format!("the target answered {status}{}", suffix(&message)),
@@ -202,6 +210,8 @@ pub struct DispatchReport {
     pub retried_handles: Vec<String>,
     /// Deliveries that became dead in this pass.
     pub dead_ids: Vec<DeliveryId>,
+    /// Deliveries held back, without spending an attempt, because their target's circuit is open.
+    pub waiting: usize,
 }
 
 /// The dispatch step.
@@ -214,6 +224,8 @@ pub struct Dispatcher {
     transport: Arc<dyn Transport>,
     clock: Arc<dyn Clock>,
     rng: Mutex<StdRng>,
+    breakers: Breakers,
+    pacer: Pacer,
 }
 
 struct Work {
@@ -238,6 +250,11 @@ impl Dispatcher {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_entropy(),
         };
+        let breakers = Breakers::new(
+            config.delivery.breaker.open_after,
+            config.delivery.breaker.probe_after.get(),
+        );
+        let pacer = Pacer::new(config.delivery.max_requests_per_second);
         Self {
             config,
             events,
@@ -245,6 +262,8 @@ impl Dispatcher {
             queue,
             credentials,
             transport,
+            breakers,
+            pacer,
             clock,
             rng: Mutex::new(rng),
         }
@@ -362,9 +381,26 @@ impl Dispatcher {
                     Some(Prepared::SmartEmailing { endpoint, .. }) => endpoint.batch_limit(),
                     _ => 1,
                 };
+                let target = group
+                    .first()
+                    .and_then(|w| w.record.request.as_ref())
+                    .map(target_of)
+                    .unwrap_or_default();
                 let mut rest = group;
                 while !rest.is_empty() {
-                    let tail = rest.split_off(rest.len().min(limit));
+                    let now_ms = self.clock.now_ms();
+                    let take = match self.breakers.gate(&target, now_ms) {
+                        Gate::Closed => limit,
+                        // One probe call, carrying one delivery, while the rest wait for it.
+                        Gate::HalfOpen => 1,
+                        Gate::Open { until_ms } => {
+                            for mut w in rest.drain(..) {
+                                self.hold(&mut w, until_ms, now_ms, &mut report).await?;
+                            }
+                            break;
+                        }
+                    };
+                    let tail = rest.split_off(rest.len().min(take));
                     let chunk = std::mem::replace(&mut rest, tail);
                     let records: Vec<&DeliveryRecord> = chunk.iter().map(|w| &w.record).collect();
                     let outcomes = self.send_chunk(&records, &mut report).await;
@@ -490,6 +526,7 @@ impl Dispatcher {
                         reason: "SmartEmailing credentials are not configured".into(),
                         response: None,
                         retry_after: None,
+                        overload: false,
                     }
                 }
                 Err(e) => {
@@ -497,6 +534,7 @@ impl Dispatcher {
                         reason: e.to_string(),
                         response: None,
                         retry_after: None,
+                        overload: false,
                     }
                 }
             };
@@ -511,9 +549,12 @@ impl Dispatcher {
                 body: Some(body.clone()),
                 timeout: self.config.delivery.timeout.get(),
             };
+            self.pacer.wait("smartemailing").await;
             report.calls += 1;
             let result = self.transport.send(request).await;
-            match classify(Target::SmartEmailing, &result, self.clock.now()) {
+            let outcome = classify(Target::SmartEmailing, &result, self.clock.now());
+            self.record_call("smartemailing", &outcome, refreshed);
+            match outcome {
                 Outcome::Unauthorized { response } => {
                     if refreshed {
                         return Outcome::Permanent {
@@ -563,6 +604,8 @@ impl Dispatcher {
                 }
             }
         }
+        let target = format!("http:{}", host_of(url));
+        self.pacer.wait(&target).await;
         report.calls += 1;
         let result = self
             .transport
@@ -574,7 +617,9 @@ impl Dispatcher {
                 timeout: self.config.delivery.timeout.get(),
             })
             .await;
-        match classify(Target::Http, &result, self.clock.now()) {
+        let outcome = classify(Target::Http, &result, self.clock.now());
+        self.record_call(&target, &outcome, true);
+        match outcome {
             Outcome::Unauthorized { response } => Outcome::Permanent {
                 reason: "the endpoint refused the credentials (401)".into(),
                 response: Some(response),
@@ -582,6 +627,54 @@ impl Dispatcher {
             },
             other => other,
         }
+    }
+
+    /// Feeds a call's outcome to the target's breaker. A refused key counts (and, once
+    /// confirmed after a reload, opens the circuit at once); a permanent 4xx does not: the
+    /// target is healthy, the request is wrong.
+    fn record_call(&self, target: &str, outcome: &Outcome, auth_confirmed: bool) {
+        let now_ms = self.clock.now_ms();
+        match outcome {
+            Outcome::Success { .. } | Outcome::Permanent { .. } => self.breakers.success(target),
+            Outcome::Retry { .. } => {
+                self.breakers.failure(target, now_ms, false);
+            }
+            Outcome::Unauthorized { .. } => {
+                if auth_confirmed {
+                    self.breakers.failure(target, now_ms, true);
+                }
+            }
+        }
+    }
+
+    /// Holds a delivery back while its target's circuit is open: no attempt is spent.
+    async fn hold(
+        &self,
+        w: &mut Work,
+        until_ms: i64,
+        now_ms: i64,
+        report: &mut DispatchReport,
+    ) -> Result<(), StoreError> {
+        // A little spread so the waiting deliveries do not all return in the same instant.
+        let spread = self
+            .rng
+            .lock()
+            .map(|mut r| r.gen_range(0..1000))
+            .unwrap_or(0);
+        let due = until_ms + spread;
+        w.record.next_attempt_at = Some(due);
+        self.deliveries.save(&w.record).await?;
+        let delay = Duration::from_millis((due - now_ms).max(0) as u64);
+        report.waiting += 1;
+        report.retried_handles.push(w.handle.clone());
+        if let Err(e) = self
+            .queue
+            .retry_after(QueueName::Dispatch, &w.handle, delay)
+            .await
+        {
+            tracing::error!(error = %e, delivery = %w.record.id, "could not hold a delivery; the queue will redeliver it");
+        }
+        Ok(())
     }
 
     /// Records an outcome on a delivery; `Some(delay)` when it should be retried.
@@ -608,6 +701,7 @@ impl Dispatcher {
                 reason,
                 response,
                 retry_after,
+                overload,
             } => {
                 rec.last_error = Some(reason.clone());
                 rec.last_response = response.clone();
@@ -632,7 +726,10 @@ impl Dispatcher {
                     .lock()
                     .map(|mut r| r.gen_range(-0.2..=0.2))
                     .unwrap_or(0.0);
-                let delay = retry_delay(&schedule, rec.attempts, *retry_after, jitter);
+                let mut delay = retry_delay(&schedule, rec.attempts, *retry_after, jitter);
+                if *overload {
+                    delay = delay.max(self.config.delivery.min_overload_delay.get());
+                }
                 rec.status = DeliveryStatus::Retrying;
                 rec.next_attempt_at = Some(now.timestamp_millis() + delay.as_millis() as i64);
                 report.retrying += 1;
@@ -700,6 +797,25 @@ impl Dispatcher {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
+}
+
+/// The target a request goes to, for its circuit breaker and pacing: the SmartEmailing
+/// account, or the webhook's host.
+pub fn target_of(request: &Prepared) -> String {
+    match request {
+        Prepared::SmartEmailing { .. } => "smartemailing".to_string(),
+        Prepared::Http { url, .. } => format!("http:{}", host_of(url)),
+    }
+}
+
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    host.to_ascii_lowercase()
 }
 
 fn missing_secret(name: &str) -> Outcome {

@@ -1,6 +1,7 @@
 //! The relay's core: events, rules, rendering, the SmartEmailing client, the ports and
 //! their local adapters, and the HTTP router shared by `relay serve` and the inbound Lambda.
 
+pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod delivery;

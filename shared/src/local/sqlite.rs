@@ -124,6 +124,19 @@ impl SqliteStore {
             .map_err(unavailable)
     }
 
+    /// Whether a queue has nothing due at the store's clock time and nothing being worked on.
+    pub fn is_idle(&self, queue: QueueName) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        self.lock()
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE queue = ?1 AND (leased = 1 OR visible_at <= ?2)",
+                params![queue.as_str(), now],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n == 0)
+            .map_err(unavailable)
+    }
+
     /// How many messages wait in a queue (visible or not).
     pub fn queue_depth(&self, queue: QueueName) -> Result<usize, StoreError> {
         self.lock()
