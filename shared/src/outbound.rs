@@ -333,12 +333,23 @@ fn normalise_host(host: &str) -> String {
 }
 
 fn host_matches(entry: &str, host: &str) -> bool {
-    let entry = normalise_host(entry.trim());
+    let entry = entry.trim();
     match entry.strip_prefix("*.") {
         Some(parent) => host
-            .strip_suffix(parent)
+            .strip_suffix(&ascii_host(parent))
             .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-        None => entry == host,
+        None => ascii_host(entry) == host,
+    }
+}
+
+/// An allow-list entry in the form URLs' hosts take: lower case, IDNA (punycode) applied,
+/// IPv6 without brackets, no trailing dot.
+fn ascii_host(entry: &str) -> String {
+    match Host::parse(entry) {
+        Ok(Host::Domain(d)) => normalise_host(&d),
+        Ok(Host::Ipv4(ip)) => ip.to_string(),
+        Ok(Host::Ipv6(ip)) => ip.to_string(),
+        Err(_) => normalise_host(entry),
     }
 }
 
