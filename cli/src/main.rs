@@ -94,6 +94,11 @@ enum Command {
         #[arg(long, default_value = ".relay")]
         state: PathBuf,
     },
+    /// Birthday campaigns.
+    Birthdays {
+        #[command(subcommand)]
+        command: BirthdaysCommand,
+    },
     /// Send deliveries again with their original ids (a delivery already sent is never resent).
     Replay {
         /// Delivery ids to replay.
@@ -108,6 +113,23 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
         /// The rules file (to re-render deliveries whose rendering failed).
+        #[arg(long, default_value = "config/relay.yaml")]
+        config: PathBuf,
+        /// Directory of the SQLite state.
+        #[arg(long, default_value = ".relay")]
+        state: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BirthdaysCommand {
+    /// Emit `contact.birthday` events for everyone whose birthday is on the date (safe beside
+    /// a running `relay serve`, and safe to repeat: each contact is congratulated once a year).
+    Run {
+        /// The date (YYYY-MM-DD); today in `schedules.time_zone` by default.
+        #[arg(long)]
+        date: Option<String>,
+        /// The rules file.
         #[arg(long, default_value = "config/relay.yaml")]
         config: PathBuf,
         /// Directory of the SQLite state.
@@ -205,6 +227,14 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
             json,
             state,
         } => deliveries(status, rule, since, limit, json, &state).await,
+        Command::Birthdays {
+            command:
+                BirthdaysCommand::Run {
+                    date,
+                    config,
+                    state,
+                },
+        } => birthdays_run(date, &config, &state).await,
         Command::Replay {
             ids,
             all_dead,
@@ -396,11 +426,11 @@ fn reaches(config: &Config, event: &relay_shared::event::Event, target: &str) ->
             continue;
         }
         if let Some(rule) = config.rule(name) {
-            for next in &rule.then {
-                if next == target {
+            for step in &rule.then {
+                if step.rule == target {
                     return true;
                 }
-                stack.push(next);
+                stack.push(&step.rule);
             }
         }
     }
@@ -554,5 +584,37 @@ async fn replay_cmd(
         );
     }
     println!("{queued} of {total} deliveries queued for sending (already-sent ones are never resent); a running `relay serve` picks them up");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn birthdays_run(
+    date: Option<String>,
+    config_path: &Path,
+    state: &Path,
+) -> Result<ExitCode, Failure> {
+    let config = load_config(config_path)?;
+    let now = SystemClock.now();
+    let date = match date {
+        Some(d) => chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")
+            .map_err(|_| user(anyhow!("--date: `{d}` must be a date written YYYY-MM-DD")))?,
+        None => now.with_timezone(&config.schedules.time_zone).date_naive(),
+    };
+    let store = Arc::new(open_store(state)?);
+    let inbound = relay_shared::inbound::Inbound::new(
+        store.clone(),
+        store.clone(),
+        Arc::new(SystemClock),
+        None,
+    );
+    let report = relay_shared::schedule::run_birthdays(date, store.as_ref(), &inbound, now)
+        .await
+        .map_err(internal)?;
+    println!(
+        "{}: {} birthdays, {} events queued, {} already sent by an earlier run",
+        date.format("%Y-%m-%d"),
+        report.found,
+        report.accepted,
+        report.duplicates
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -29,7 +29,36 @@ struct RawConfig {
     #[serde(default)]
     delivery: DeliverySettings,
     #[serde(default)]
+    schedules: RawSchedules,
+    #[serde(default)]
     rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSchedules {
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    birthday_at: Option<String>,
+}
+
+/// When the time-driven runs happen.
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    /// Birthdays are "today" in this time zone.
+    pub time_zone: chrono_tz::Tz,
+    /// Local time of the daily birthday run in `relay serve`.
+    pub birthday_at: chrono::NaiveTime,
+}
+
+impl Default for Schedules {
+    fn default() -> Self {
+        Self {
+            time_zone: chrono_tz::UTC,
+            birthday_at: chrono::NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default(),
+        }
+    }
 }
 
 /// Where SmartEmailing is.
@@ -153,6 +182,18 @@ struct RawRule {
     actions: Vec<RawAction>,
     #[serde(default)]
     then: Vec<RawThen>,
+    #[serde(default)]
+    after: Option<HumanDuration>,
+    #[serde(default)]
+    unless: Option<RawUnless>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnless {
+    event: String,
+    #[serde(rename = "match")]
+    match_path: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +207,8 @@ enum RawThen {
 #[serde(deny_unknown_fields)]
 struct RawThenStep {
     rule: String,
+    #[serde(default)]
+    after: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -445,6 +488,24 @@ pub struct Action {
     pub body: ActionBody,
 }
 
+/// A chain step: a rule to run after another succeeded, optionally after a delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThenStep {
+    /// The rule to run.
+    pub rule: String,
+    /// How long after the parent succeeded.
+    pub after: Option<Duration>,
+}
+
+/// A later event that cancels a rule's pending timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unless {
+    /// The cancelling event's type.
+    pub event: String,
+    /// The dotted path (e.g. `data.cart_id`) whose value must be equal in both events.
+    pub match_path: String,
+}
+
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -457,7 +518,11 @@ pub struct Rule {
     /// Its actions, in order.
     pub actions: Vec<Action>,
     /// Rules to run after every action succeeded.
-    pub then: Vec<String>,
+    pub then: Vec<ThenStep>,
+    /// When matched by its event type, hold the actions this long after the event.
+    pub after: Option<Duration>,
+    /// A later event that cancels the held actions.
+    pub unless: Option<Unless>,
 }
 
 impl Rule {
@@ -474,6 +539,8 @@ pub struct Config {
     pub smartemailing: SmartEmailingSettings,
     /// Delivery settings.
     pub delivery: DeliverySettings,
+    /// The time-driven runs.
+    pub schedules: Schedules,
     /// The rules, in file order.
     pub rules: Vec<Rule>,
     /// Every template, compiled.
@@ -603,21 +670,54 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
             .then
             .iter()
             .map(|t| match t {
-                RawThen::Name(n) => n.clone(),
-                RawThen::Step(s) => s.rule.clone(),
+                RawThen::Name(n) => ThenStep {
+                    rule: n.clone(),
+                    after: None,
+                },
+                RawThen::Step(s) => ThenStep {
+                    rule: s.rule.clone(),
+                    after: s.after.map(|a| a.get()),
+                },
             })
             .collect();
+        let unless = match &r.unless {
+            None => None,
+            Some(u) => {
+                if let Err(m) = EventTypeCheck::check(&u.event) {
+                    problems.push(format!("{label}.unless.event: {m}"));
+                }
+                if !valid_path(&u.match_path) {
+                    problems.push(format!(
+                        "{label}.unless.match: `{}` must be a dotted path into the event such as data.cart_id or contact.email",
+                        u.match_path
+                    ));
+                }
+                if r.after.is_none() {
+                    problems.push(format!("{label}.unless: only a delayed rule can be cancelled; give the rule an `after`"));
+                }
+                Some(Unless {
+                    event: u.event.clone(),
+                    match_path: u.match_path.clone(),
+                })
+            }
+        };
+        if r.after.is_some() && r.on.is_empty() {
+            problems.push(format!("{label}.after: a rule without `on` is delayed by the `after` of the step that chains to it"));
+        }
         rules.push(Rule {
             name: r.name.clone(),
             on,
             condition,
             actions,
             then,
+            after: r.after.map(|a| a.get()),
+            unless,
         });
     }
 
     for rule in &rules {
-        for (j, next) in rule.then.iter().enumerate() {
+        for (j, step) in rule.then.iter().enumerate() {
+            let next = &step.rule;
             if !by_name.contains_key(next) {
                 problems.push(format!(
                     "rules[{}].then[{j}]: no rule is named `{next}`",
@@ -634,12 +734,31 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
         ));
     }
 
+    let mut schedules = Schedules::default();
+    if let Some(tz) = &raw.schedules.time_zone {
+        match tz.parse::<chrono_tz::Tz>() {
+            Ok(z) => schedules.time_zone = z,
+            Err(_) => problems.push(format!(
+                "schedules.time_zone: `{tz}` is not an IANA time zone such as Europe/Prague"
+            )),
+        }
+    }
+    if let Some(at) = &raw.schedules.birthday_at {
+        match chrono::NaiveTime::parse_from_str(at, "%H:%M") {
+            Ok(t) => schedules.birthday_at = t,
+            Err(_) => problems.push(format!(
+                "schedules.birthday_at: `{at}` must be a time written HH:MM"
+            )),
+        }
+    }
+
     secret_names.sort();
     secret_names.dedup();
     if problems.is_empty() {
         Ok(Config {
             smartemailing: SmartEmailingSettings { base_url: base },
             delivery: raw.delivery,
+            schedules,
             rules,
             templates,
             secret_names,
@@ -648,6 +767,26 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
     } else {
         Err(problems)
     }
+}
+
+struct EventTypeCheck;
+
+impl EventTypeCheck {
+    fn check(t: &str) -> Result<(), String> {
+        crate::event::EventType::parse(t).map(|_| ())
+    }
+}
+
+/// Whether `p` is a dotted path into the event: `data.x`, `contact.y`, `event.z`, ...
+fn valid_path(p: &str) -> bool {
+    let mut parts = p.split('.');
+    matches!(parts.next(), Some("data" | "contact" | "event"))
+        && p.split('.').count() >= 2
+        && p.split('.').all(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        })
 }
 
 fn parse_pattern(p: &str) -> Result<TypePattern, String> {
@@ -686,8 +825,8 @@ fn find_chain_loop(rules: &[Rule], by_name: &HashMap<String, usize>) -> Option<V
     ) -> Option<Vec<String>> {
         colour[i] = 1;
         stack.push(i);
-        for next in &rules[i].then {
-            let Some(&j) = by_name.get(next) else {
+        for step in &rules[i].then {
+            let Some(&j) = by_name.get(&step.rule) else {
                 continue;
             };
             if colour[j] == 1 {

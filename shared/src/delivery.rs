@@ -118,6 +118,10 @@ pub enum DeliveryStatus {
     Skipped,
     /// Rendered and recorded in dry-run mode; nothing was sent.
     DryRun,
+    /// Held by a timer until its due time (a delayed rule or chain step).
+    Scheduled,
+    /// A timer cancelled by a later event (`unless`); never sent.
+    Cancelled,
 }
 
 impl DeliveryStatus {
@@ -130,6 +134,8 @@ impl DeliveryStatus {
             DeliveryStatus::Dead => "dead",
             DeliveryStatus::Skipped => "skipped",
             DeliveryStatus::DryRun => "dry_run",
+            DeliveryStatus::Scheduled => "scheduled",
+            DeliveryStatus::Cancelled => "cancelled",
         }
     }
 
@@ -142,13 +148,18 @@ impl DeliveryStatus {
             "dead" => DeliveryStatus::Dead,
             "skipped" => DeliveryStatus::Skipped,
             "dry_run" => DeliveryStatus::DryRun,
+            "scheduled" => DeliveryStatus::Scheduled,
+            "cancelled" => DeliveryStatus::Cancelled,
             _ => return None,
         })
     }
 
     /// Whether nothing more will happen to it without a replay.
     pub fn is_final(self) -> bool {
-        !matches!(self, DeliveryStatus::Pending | DeliveryStatus::Retrying)
+        !matches!(
+            self,
+            DeliveryStatus::Pending | DeliveryStatus::Retrying | DeliveryStatus::Scheduled
+        )
     }
 
     /// Whether it counts as done for chaining.
@@ -193,7 +204,7 @@ pub struct DeliveryRecord {
 impl DeliveryRecord {
     /// The record as `GET /v1/events/{id}` shows it.
     pub fn to_api(&self) -> Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "id": self.id,
             "rule": self.rule,
             "action": self.action,
@@ -201,6 +212,14 @@ impl DeliveryRecord {
             "attempts": self.attempts,
             "last_error": self.last_error,
             "sent_at": self.sent_at,
-        })
+        });
+        if self.status == DeliveryStatus::Scheduled {
+            v["due_at"] = self
+                .next_attempt_at
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+                .unwrap_or(Value::Null);
+        }
+        v
     }
 }

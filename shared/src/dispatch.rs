@@ -328,6 +328,25 @@ impl Dispatcher {
                 to_ack.push(handle);
                 continue;
             }
+            if record.status == DeliveryStatus::Scheduled {
+                if let Some(due) = record
+                    .next_attempt_at
+                    .filter(|t| *t > now.timestamp_millis() + 1000)
+                {
+                    // A timer read early (a queue caps its delays): hold it again.
+                    let delay = Duration::from_millis((due - now.timestamp_millis()) as u64);
+                    report.waiting += 1;
+                    report.retried_handles.push(handle.clone());
+                    if let Err(e) = self
+                        .queue
+                        .retry_after(QueueName::Dispatch, &handle, delay)
+                        .await
+                    {
+                        tracing::error!(error = %e, delivery = %record.id, "could not hold a timer; the queue will redeliver it");
+                    }
+                    continue;
+                }
+            }
             if record.status == DeliveryStatus::Retrying
                 && record
                     .next_attempt_at
@@ -786,14 +805,21 @@ impl Dispatcher {
         };
         let event: Event =
             serde_json::from_value(record.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let job = RenderJob {
-            event,
-            rules: Some(rule.then.clone()),
-            depth: depth + 1,
-        };
-        let body = serde_json::to_string(&job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // One render job per step, each with its own delay; the render step holds the
+        // delayed ones as scheduled deliveries, visible in GET /v1/events/{id}.
+        let mut bodies = Vec::with_capacity(rule.then.len());
+        for step in &rule.then {
+            let job = RenderJob {
+                event: event.clone(),
+                rules: Some(vec![step.rule.clone()]),
+                depth: depth + 1,
+                after_ms: step.after.map(|a| a.as_millis() as u64),
+            };
+            bodies
+                .push(serde_json::to_string(&job).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
         self.queue
-            .send(QueueName::Render, vec![body], Duration::ZERO)
+            .send(QueueName::Render, bodies, Duration::ZERO)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }

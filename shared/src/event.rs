@@ -181,6 +181,32 @@ impl Event {
         self.contact.get("email").and_then(Value::as_str)
     }
 
+    /// The text at a dotted path such as `data.cart_id` or `contact.email` (strings and
+    /// numbers; `None` when absent or of another type).
+    pub fn lookup(&self, path: &str) -> Option<String> {
+        let mut parts = path.split('.');
+        let mut cur: Value = match parts.next()? {
+            "data" => Value::Object(self.data.clone()),
+            "contact" => Value::Object(self.contact.clone()),
+            "event" => self.to_value(),
+            _ => return None,
+        };
+        for p in parts {
+            cur = cur.get(p)?.clone();
+        }
+        match cur {
+            Value::String(s) if !s.is_empty() => Some(s),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The contact's birthday, when the event has a valid one.
+    pub fn birthday(&self) -> Option<NaiveDate> {
+        let b = self.contact.get("birthday")?.as_str()?;
+        NaiveDate::parse_from_str(b, "%Y-%m-%d").ok()
+    }
+
     /// The event as the JSON object templates see as `event`.
     pub fn to_value(&self) -> Value {
         serde_json::json!({

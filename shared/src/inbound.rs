@@ -99,8 +99,9 @@ impl Inbound {
         let now_ms = now.timestamp_millis();
         let mut outcomes: Vec<(EventId, Accepted)> = Vec::with_capacity(submitted.len());
         let mut started: Vec<usize> = Vec::new();
-        for (index, sub) in submitted.iter().enumerate() {
-            let record = EventRecord {
+        let records: Vec<EventRecord> = submitted
+            .iter()
+            .map(|sub| EventRecord {
                 id: sub.event.id.clone(),
                 kind: sub.event.kind.to_string(),
                 payload_hash: sub.payload_hash.clone(),
@@ -109,19 +110,18 @@ impl Inbound {
                 status: RecordStatus::InProgress,
                 in_progress_until: now_ms + lease.as_millis() as i64,
                 expires_at: now.timestamp() + EVENT_RETENTION.as_secs() as i64,
-            };
-            let claim = match self.events.begin(&record, now_ms).await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.release_all(&submitted, &started).await;
-                    return Err(e.into());
-                }
-            };
+            })
+            .collect();
+        let claims = self.events.begin_many(&records, now_ms).await?;
+        // Claims that started are ours to release if anything below refuses the batch.
+        for (index, claim) in claims.iter().enumerate() {
+            if *claim == Begin::Started {
+                started.push(index);
+            }
+        }
+        for (index, (sub, claim)) in submitted.iter().zip(claims).enumerate() {
             match claim {
-                Begin::Started => {
-                    started.push(index);
-                    outcomes.push((sub.event.id.clone(), Accepted::Accepted));
-                }
+                Begin::Started => outcomes.push((sub.event.id.clone(), Accepted::Accepted)),
                 Begin::Existing(held) if held.payload_hash != sub.payload_hash => {
                     self.release_all(&submitted, &started).await;
                     return Err(InboundError::KeyReused {
@@ -152,6 +152,7 @@ impl Inbound {
                     event: submitted[i].event.clone(),
                     rules: None,
                     depth: 0,
+                    after_ms: None,
                 })
                 .unwrap_or_default()
             })
@@ -170,6 +171,7 @@ impl Inbound {
                     .collect()
             }
         };
+        let mut done: Vec<EventId> = Vec::with_capacity(started.len());
         for &i in &started {
             let id = &submitted[i].event.id;
             if failed.contains(&i) {
@@ -177,11 +179,14 @@ impl Inbound {
                     tracing::error!(error = %e, event = %id, "could not release an idempotency key");
                 }
                 outcomes[i].1 = Accepted::Failed;
-            } else if let Err(e) = self.events.complete(id).await {
-                // The job is enqueued, so the event is safe; a retry after the lease
-                // re-enqueues it and the deterministic delivery ids absorb the repeat.
-                tracing::warn!(error = %e, event = %id, "could not mark an event completed");
+            } else {
+                done.push(id.clone());
             }
+        }
+        if let Err(e) = self.events.complete_many(&done).await {
+            // The jobs are enqueued, so the events are safe; a retry after the lease
+            // re-enqueues them and the deterministic delivery ids absorb the repeat.
+            tracing::warn!(error = %e, "could not mark events completed");
         }
         if failed.len() < started.len() {
             if let Some(w) = &self.wake {

@@ -17,6 +17,7 @@ pub mod queue;
 pub mod render;
 pub mod render_step;
 pub mod rules;
+pub mod schedule;
 pub mod secrets;
 pub mod smartemailing;
 pub mod transport;

@@ -35,8 +35,28 @@ pub trait EventStore: Send + Sync {
     /// Claims the record's key: `Started` when it was free, expired, or held IN_PROGRESS past
     /// its lease; otherwise the record that holds it.
     async fn begin(&self, record: &EventRecord, now_ms: i64) -> Result<Begin, StoreError>;
+    /// Claims several keys, in order, as `begin` would one by one (a store may do it in one
+    /// round trip).
+    async fn begin_many(
+        &self,
+        records: &[EventRecord],
+        now_ms: i64,
+    ) -> Result<Vec<Begin>, StoreError> {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(self.begin(r, now_ms).await?);
+        }
+        Ok(out)
+    }
     /// Marks the key COMPLETED.
     async fn complete(&self, id: &EventId) -> Result<(), StoreError>;
+    /// Marks several keys COMPLETED.
+    async fn complete_many(&self, ids: &[EventId]) -> Result<(), StoreError> {
+        for id in ids {
+            self.complete(id).await?;
+        }
+        Ok(())
+    }
     /// Frees the key so the caller's retry can claim it.
     async fn release(&self, id: &EventId) -> Result<(), StoreError>;
     /// Reads a record.
@@ -69,6 +89,45 @@ pub trait DeliveryStore: Send + Sync {
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Deliveries matching a filter, oldest first.
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError>;
+}
+
+/// Timers: deliveries held until a due time, findable by a correlation key so a later
+/// event can cancel them (`unless`).
+#[async_trait]
+pub trait TimerStore: Send + Sync {
+    /// Registers held deliveries under a correlation key (`<rule>:<value>`).
+    async fn hold(
+        &self,
+        correlation: &str,
+        deliveries: &[DeliveryId],
+        due_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Cancels the scheduled deliveries held under `correlation`, except those of the event
+    /// `except_event`; returns the ids cancelled.
+    async fn cancel(
+        &self,
+        correlation: &str,
+        except_event: &str,
+    ) -> Result<Vec<DeliveryId>, StoreError>;
+}
+
+/// Contacts' birthdays, for the daily birthday run.
+#[async_trait]
+pub trait ContactStore: Send + Sync {
+    /// Remembers a contact's birthday (the latest one given wins).
+    async fn remember_birthday(
+        &self,
+        email: &str,
+        birthday: chrono::NaiveDate,
+    ) -> Result<(), StoreError>;
+    /// One page of the contacts born on `month`-`day`, ordered by e-mail, after `after`.
+    async fn birthdays_on(
+        &self,
+        month: u32,
+        day: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, chrono::NaiveDate)>, StoreError>;
 }
 
 /// A durable queue with visibility timeouts (SQS semantics).

@@ -45,6 +45,9 @@ pub struct RenderJob {
     /// How many chain steps led here.
     #[serde(default)]
     pub depth: u32,
+    /// A chain step's delay: the rules' actions are held until this long after the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
 }
 
 /// Send one delivery.

@@ -84,6 +84,18 @@ impl TemplateSet {
         tera.register_function("get_env", |_: &std::collections::HashMap<String, Value>| {
             Err(tera::Error::msg("get_env is disabled in the relay"))
         });
+        // Deterministic codes (reward codes, pseudonymous ids) without reaching outside.
+        tera.register_filter(
+            "sha256",
+            |value: &Value, _: &std::collections::HashMap<String, Value>| {
+                use sha2::{Digest, Sha256};
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Ok(Value::String(hex::encode(Sha256::digest(text.as_bytes()))))
+            },
+        );
         tera.autoescape_on(vec![]);
         Self { tera, count: 0 }
     }
@@ -358,6 +370,27 @@ mod tests {
             .compile_tree("b", &json!("{{ get_env(name='HOME') }}"))
             .unwrap_err();
         assert!(err.message.contains("environment"), "{err}");
+    }
+
+    #[test]
+    fn sha256_gives_stable_codes() {
+        let mut set = TemplateSet::new();
+        let p = set
+            .compile_str(
+                "code",
+                "{% set seed = contact.email ~ ':' ~ year %}{{ seed | sha256 | truncate(length=8, end='') | upper }}",
+            )
+            .unwrap();
+        let out = set
+            .render_str(
+                &p,
+                &ctx(json!({"contact": {"email": "jan@example.com"}, "year": 2026})),
+            )
+            .unwrap();
+        // sha256("jan@example.com:2026"), first 8 hex digits, upper case.
+        use sha2::{Digest, Sha256};
+        let expected = hex::encode(Sha256::digest(b"jan@example.com:2026"))[..8].to_uppercase();
+        assert_eq!(out, expected);
     }
 
     #[test]

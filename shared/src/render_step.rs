@@ -1,11 +1,14 @@
-//! The render step: a render job becomes stored deliveries and dispatch jobs.
+//! The render step: a render job becomes stored deliveries and dispatch jobs. Delayed rules
+//! and chain steps become scheduled deliveries held by durable timers; a later event named in
+//! a rule's `unless` cancels them; birthdays seen on the way are remembered.
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus};
-use crate::ports::{DeliveryStore, Queue, StoreError};
+use crate::ports::{ContactStore, DeliveryStore, Queue, StoreError, TimerStore};
 use crate::queue::{DispatchJob, Message, QueueName, RenderJob};
 use crate::rules::{render_event, NotRendered};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -17,6 +20,8 @@ pub struct RenderStep {
     queue: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
     wake: Option<Arc<Notify>>,
+    timers: Option<Arc<dyn TimerStore>>,
+    contacts: Option<Arc<dyn ContactStore>>,
 }
 
 /// What became of one render job.
@@ -43,11 +48,25 @@ impl RenderStep {
             queue,
             clock,
             wake,
+            timers: None,
+            contacts: None,
         }
     }
 
+    /// Adds the timer store that makes `unless` cancellations possible.
+    pub fn with_timers(mut self, timers: Arc<dyn TimerStore>) -> Self {
+        self.timers = Some(timers);
+        self
+    }
+
+    /// Adds the contact store that remembers birthdays.
+    pub fn with_contacts(mut self, contacts: Arc<dyn ContactStore>) -> Self {
+        self.contacts = Some(contacts);
+        self
+    }
+
     /// Renders one job: stores its deliveries (a repeat finds them stored and changes
-    /// nothing) and enqueues a dispatch job for each pending one.
+    /// nothing) and enqueues a dispatch job for each pending or scheduled one.
     pub async fn handle(&self, message: &Message) -> Result<RenderResult, StoreError> {
         let job: RenderJob = match serde_json::from_str(&message.body) {
             Ok(j) => j,
@@ -57,23 +76,47 @@ impl RenderStep {
                 )))
             }
         };
+        let event = &job.event;
         let now = self.clock.now();
-        let rendered = render_event(&self.config, &job.event, job.rules.as_deref(), now);
         let now_ms = now.timestamp_millis();
+
+        if let (Some(contacts), Some(email), Some(birthday)) =
+            (&self.contacts, event.email(), event.birthday())
+        {
+            contacts.remember_birthday(email, birthday).await?;
+        }
+        self.cancel_timers(event).await?;
+
+        // When each matched rule's actions are due: now, or held by a timer.
+        let due_of = |rule: &str| -> Option<i64> {
+            if let Some(after) = job.after_ms {
+                return Some(now_ms + after as i64);
+            }
+            if job.rules.is_some() {
+                return None;
+            }
+            let after = self.config.rule(rule)?.after?;
+            let base = event.occurred_at.timestamp_millis().min(now_ms);
+            Some(base + after.as_millis() as i64)
+        };
+
+        let rendered = render_event(&self.config, event, job.rules.as_deref(), now);
         let records: Vec<DeliveryRecord> = rendered
             .into_iter()
             .map(|r| {
+                let due = due_of(&r.rule);
                 let (status, request, last_error) = match r.result {
+                    Ok(p) if due.is_some() => (DeliveryStatus::Scheduled, Some(p), None),
                     Ok(p) => (DeliveryStatus::Pending, Some(p), None),
                     Err(NotRendered::Failed(why)) => {
-                        tracing::warn!(event = %job.event.id, rule = %r.rule, error = %why, "render failed; the delivery is dead until replayed");
+                        tracing::warn!(event = %event.id, rule = %r.rule, error = %why, "render failed; the delivery is dead until replayed");
                         (DeliveryStatus::Dead, None, Some(why))
                     }
                     Err(NotRendered::Skipped(why)) => (DeliveryStatus::Skipped, None, Some(why)),
                 };
                 DeliveryRecord {
-                    id: DeliveryId::derive(&job.event.id, &r.rule, r.index),
-                    event_id: job.event.id.clone(),
+                    id: DeliveryId::derive(&event.id, &r.rule, r.index),
+                    event_id: event.id.clone(),
                     rule: r.rule,
                     action: r.action.to_string(),
                     action_index: r.index,
@@ -82,7 +125,7 @@ impl RenderStep {
                     last_error,
                     last_response: None,
                     sent_at: None,
-                    next_attempt_at: None,
+                    next_attempt_at: if status == DeliveryStatus::Scheduled { due } else { None },
                     request,
                     created_at: now_ms,
                     chain_depth: job.depth,
@@ -95,25 +138,93 @@ impl RenderStep {
         self.deliveries.insert_new(&records).await?;
         let ids: Vec<DeliveryId> = records.iter().map(|r| r.id.clone()).collect();
         let stored = self.deliveries.get_many(&ids).await?;
-        let bodies: Vec<String> = stored
-            .iter()
-            .filter(|r| r.status == DeliveryStatus::Pending)
-            .filter_map(|r| {
-                serde_json::to_string(&DispatchJob {
-                    delivery: r.id.clone(),
-                })
-                .ok()
-            })
-            .collect();
-        if !bodies.is_empty() {
-            self.queue
-                .send(QueueName::Dispatch, bodies, Duration::ZERO)
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            if let Some(w) = &self.wake {
-                w.notify_one();
+
+        // Register the timers a later event may cancel.
+        if let Some(timers) = &self.timers {
+            let mut held: HashMap<(String, i64), Vec<DeliveryId>> = HashMap::new();
+            for r in stored
+                .iter()
+                .filter(|r| r.status == DeliveryStatus::Scheduled)
+            {
+                let Some(unless) = self
+                    .config
+                    .rule(&r.rule)
+                    .and_then(|rule| rule.unless.as_ref())
+                else {
+                    continue;
+                };
+                match event.lookup(&unless.match_path) {
+                    Some(value) => held
+                        .entry((
+                            format!("{}:{value}", r.rule),
+                            r.next_attempt_at.unwrap_or(now_ms),
+                        ))
+                        .or_default()
+                        .push(r.id.clone()),
+                    None => {
+                        tracing::warn!(event = %event.id, rule = %r.rule, path = %unless.match_path,
+                        "the event has no value at the `unless` path; this timer cannot be cancelled")
+                    }
+                }
+            }
+            for ((correlation, due), ids) in held {
+                timers.hold(&correlation, &ids, due).await?;
             }
         }
+
+        // Pending deliveries go now; scheduled ones when due (grouped by due time).
+        let mut by_delay: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for r in &stored {
+            let delay = match r.status {
+                DeliveryStatus::Pending => 0,
+                DeliveryStatus::Scheduled => r
+                    .next_attempt_at
+                    .map(|d| (d - now_ms).max(0) as u64)
+                    .unwrap_or(0),
+                _ => continue,
+            };
+            if let Ok(body) = serde_json::to_string(&DispatchJob {
+                delivery: r.id.clone(),
+            }) {
+                by_delay.entry(delay).or_default().push(body);
+            }
+        }
+        for (delay, bodies) in by_delay {
+            self.queue
+                .send(QueueName::Dispatch, bodies, Duration::from_millis(delay))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        if let Some(w) = &self.wake {
+            w.notify_one();
+        }
         Ok(RenderResult::Done(stored))
+    }
+
+    /// Cancels the timers this event's arrival cancels (`unless: {event, match}`).
+    async fn cancel_timers(&self, event: &crate::event::Event) -> Result<(), StoreError> {
+        for rule in self.config.rules.iter() {
+            let Some(unless) = rule
+                .unless
+                .as_ref()
+                .filter(|u| u.event == event.kind.as_str())
+            else {
+                continue;
+            };
+            let Some(value) = event.lookup(&unless.match_path) else {
+                continue;
+            };
+            let Some(timers) = &self.timers else {
+                tracing::error!(rule = %rule.name, "this deployment has no timer store; `unless` cannot cancel");
+                continue;
+            };
+            let cancelled = timers
+                .cancel(&format!("{}:{value}", rule.name), event.id.as_str())
+                .await?;
+            if !cancelled.is_empty() {
+                tracing::info!(rule = %rule.name, event = %event.id, cancelled = cancelled.len(), "timers cancelled");
+            }
+        }
+        Ok(())
     }
 }

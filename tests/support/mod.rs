@@ -205,6 +205,33 @@ impl TestRelay {
         body["deliveries"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits (in real time) until nothing is due at the relay's clock time and nothing is
+    /// being worked on: with a fixed clock, the relay has done all it can until it moves.
+    pub async fn settle(&self) {
+        use relay_shared::queue::QueueName;
+        let store = &self.relay().store;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut quiet = 0;
+        loop {
+            if store.is_idle(QueueName::Render).unwrap()
+                && store.is_idle(QueueName::Dispatch).unwrap()
+            {
+                // Twice in a row: a worker may be between taking a job and leasing the next.
+                quiet += 1;
+                if quiet >= 2 {
+                    return;
+                }
+            } else {
+                quiet = 0;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops the relay.
     pub async fn stop(mut self) {
         if let Some(r) = self.relay.take() {

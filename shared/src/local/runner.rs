@@ -124,11 +124,13 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         shared.clone(),
         opts.clock.clone(),
         Some(dispatch_wake.clone()),
-    );
+    )
+    .with_timers(shared.clone())
+    .with_contacts(shared.clone());
     let render_worker = tokio::spawn(render_loop(
         render,
         store.clone(),
-        render_wake,
+        render_wake.clone(),
         stop_rx.clone(),
         opts.poll_interval,
     ));
@@ -150,13 +152,76 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         opts.poll_interval,
         opts.config.delivery.batch_window.get(),
     ));
+    let birthday_inbound = Inbound::new(
+        shared.clone(),
+        shared.clone(),
+        opts.clock.clone(),
+        Some(render_wake.clone()),
+    );
+    let birthday_worker = tokio::spawn(birthday_loop(
+        opts.config.clone(),
+        store.clone(),
+        birthday_inbound,
+        opts.clock.clone(),
+        stop.subscribe(),
+        opts.poll_interval
+            .max(Duration::from_millis(10))
+            .min(Duration::from_secs(1)),
+    ));
     Ok(Relay {
         addr,
         store,
         stop,
         server,
-        workers: vec![render_worker, dispatch_worker],
+        workers: vec![render_worker, dispatch_worker, birthday_worker],
     })
+}
+
+/// The key under which the date of the last birthday run is kept.
+pub const LAST_BIRTHDAY_RUN: &str = "last_birthday_run";
+
+/// Runs the birthday pass once a day, at `schedules.birthday_at` in `schedules.time_zone`.
+/// The date of the last run is kept in the store, so a restart neither skips nor repeats a
+/// day (and a repeat would be harmless: birthday events are idempotent).
+async fn birthday_loop(
+    config: Arc<Config>,
+    store: SqliteStore,
+    inbound: Inbound,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+    tick: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let local = clock.now().with_timezone(&config.schedules.time_zone);
+        if local.time() < config.schedules.birthday_at {
+            continue;
+        }
+        let today = local.date_naive().format("%Y-%m-%d").to_string();
+        match store.meta(LAST_BIRTHDAY_RUN) {
+            Ok(Some(last)) if last >= today => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the last birthday run");
+                continue;
+            }
+        }
+        match crate::schedule::run_birthdays(local.date_naive(), &store, &inbound, clock.now())
+            .await
+        {
+            Ok(_) => {
+                if let Err(e) = store.set_meta(LAST_BIRTHDAY_RUN, &today) {
+                    tracing::error!(error = %e, "cannot record the birthday run");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the birthday run failed; it will be tried again")
+            }
+        }
+    }
 }
 
 /// Waits for a wake-up, the poll interval, or the stop signal; false when stopping.

@@ -5,7 +5,10 @@ use crate::clock::Clock;
 use crate::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::event::EventId;
 use crate::idempotency::{Begin, EventRecord, RecordStatus};
-use crate::ports::{DeliveryFilter, DeliveryStore, EventStore, Queue, QueueError, StoreError};
+use crate::ports::{
+    ContactStore, DeliveryFilter, DeliveryStore, EventStore, Queue, QueueError, StoreError,
+    TimerStore,
+};
 use crate::queue::{Message, QueueName};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -51,6 +54,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     receive_count INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(queue, visible_at);
+CREATE TABLE IF NOT EXISTS timers (
+    correlation TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    due_at INTEGER NOT NULL,
+    PRIMARY KEY (correlation, delivery_id)
+);
+CREATE TABLE IF NOT EXISTS birthdays (
+    email TEXT PRIMARY KEY,
+    month INTEGER NOT NULL,
+    day INTEGER NOT NULL,
+    birthday TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS birthdays_by_day ON birthdays(month, day, email);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 "#;
 
 /// The local store: events, deliveries and queues in one SQLite database.
@@ -137,6 +157,55 @@ impl SqliteStore {
             .map_err(unavailable)
     }
 
+    /// Remembers many birthdays in one transaction (imports, tests).
+    pub fn remember_birthdays(
+        &self,
+        list: &[(String, chrono::NaiveDate)],
+    ) -> Result<(), StoreError> {
+        use chrono::Datelike;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(unavailable)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(email) DO UPDATE SET month = excluded.month, day = excluded.day, birthday = excluded.birthday",
+                )
+                .map_err(unavailable)?;
+            for (email, b) in list {
+                stmt.execute(params![
+                    email.to_lowercase(),
+                    b.month(),
+                    b.day(),
+                    b.format("%Y-%m-%d").to_string()
+                ])
+                .map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    /// A value the runner keeps between runs (e.g. the date of the last birthday run).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.lock()
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(unavailable)
+    }
+
+    /// Sets a kept value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     /// How many messages wait in a queue (visible or not).
     pub fn queue_depth(&self, queue: QueueName) -> Result<usize, StoreError> {
         self.lock()
@@ -202,38 +271,73 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn begin(&self, record: &EventRecord, now_ms: i64) -> Result<Begin, StoreError> {
+        let mut all = self
+            .begin_many(std::slice::from_ref(record), now_ms)
+            .await?;
+        all.pop()
+            .ok_or_else(|| StoreError::Corrupt("no claim".into()))
+    }
+
+    async fn begin_many(
+        &self,
+        records: &[EventRecord],
+        now_ms: i64,
+    ) -> Result<Vec<Begin>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(unavailable)?;
-        let existing = tx
-            .query_row(
-                "SELECT * FROM events WHERE id = ?1",
-                params![record.id.as_str()],
-                event_from_row,
-            )
-            .optional()
-            .map_err(unavailable)?;
-        if let Some(held) = existing {
-            if !held.is_claimable(now_ms) {
-                return Ok(Begin::Existing(held));
+        let mut out = Vec::with_capacity(records.len());
+        {
+            let mut select = tx
+                .prepare_cached("SELECT * FROM events WHERE id = ?1")
+                .map_err(unavailable)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO events (id, type, payload_hash, body, received_at, status, in_progress_until, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(unavailable)?;
+            for record in records {
+                let existing = select
+                    .query_row(params![record.id.as_str()], event_from_row)
+                    .optional()
+                    .map_err(unavailable)?;
+                if let Some(held) = existing {
+                    if !held.is_claimable(now_ms) {
+                        out.push(Begin::Existing(held));
+                        continue;
+                    }
+                }
+                insert
+                    .execute(params![
+                        record.id.as_str(),
+                        record.kind,
+                        record.payload_hash,
+                        record.event.to_string(),
+                        record.received_at,
+                        record.status.as_str(),
+                        record.in_progress_until,
+                        record.expires_at
+                    ])
+                    .map_err(unavailable)?;
+                out.push(Begin::Started);
             }
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO events (id, type, payload_hash, body, received_at, status, in_progress_until, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                record.id.as_str(),
-                record.kind,
-                record.payload_hash,
-                record.event.to_string(),
-                record.received_at,
-                record.status.as_str(),
-                record.in_progress_until,
-                record.expires_at
-            ],
-        )
-        .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
-        Ok(Begin::Started)
+        Ok(out)
+    }
+
+    async fn complete_many(&self, ids: &[EventId]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(unavailable)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE events SET status = 'COMPLETED' WHERE id = ?1")
+                .map_err(unavailable)?;
+            for id in ids {
+                stmt.execute(params![id.as_str()]).map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)
     }
 
     async fn complete(&self, id: &EventId) -> Result<(), StoreError> {
@@ -477,5 +581,115 @@ impl Queue for SqliteStore {
             )
             .map(|_| ())
             .map_err(|e| queue_err(e, 1))
+    }
+}
+
+#[async_trait]
+impl TimerStore for SqliteStore {
+    async fn hold(
+        &self,
+        correlation: &str,
+        deliveries: &[DeliveryId],
+        due_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(unavailable)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR IGNORE INTO timers (correlation, delivery_id, due_at) VALUES (?1, ?2, ?3)")
+                .map_err(unavailable)?;
+            for id in deliveries {
+                stmt.execute(params![correlation, id.as_str(), due_ms])
+                    .map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    async fn cancel(
+        &self,
+        correlation: &str,
+        except_event: &str,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(unavailable)?;
+        let ids: Vec<String> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT t.delivery_id FROM timers t JOIN deliveries d ON d.id = t.delivery_id
+                     WHERE t.correlation = ?1 AND d.status = 'scheduled' AND d.event_id != ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![correlation, except_event], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)?
+        };
+        for id in &ids {
+            tx.execute(
+                "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,
+                 last_error = 'cancelled by a later event' WHERE id = ?1 AND status = 'scheduled'",
+                params![id],
+            )
+            .map_err(unavailable)?;
+            tx.execute(
+                "DELETE FROM timers WHERE correlation = ?1 AND delivery_id = ?2",
+                params![correlation, id],
+            )
+            .map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(ids.into_iter().map(DeliveryId::from_stored).collect())
+    }
+}
+
+#[async_trait]
+impl ContactStore for SqliteStore {
+    async fn remember_birthday(
+        &self,
+        email: &str,
+        birthday: chrono::NaiveDate,
+    ) -> Result<(), StoreError> {
+        use chrono::Datelike;
+        self.lock()
+            .execute(
+                "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(email) DO UPDATE SET month = excluded.month, day = excluded.day, birthday = excluded.birthday",
+                params![email.to_lowercase(), birthday.month(), birthday.day(), birthday.format("%Y-%m-%d").to_string()],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn birthdays_on(
+        &self,
+        month: u32,
+        day: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, chrono::NaiveDate)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT email, birthday FROM birthdays WHERE month = ?1 AND day = ?2 AND email > ?3 ORDER BY email LIMIT ?4",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(
+                params![month, day, after.unwrap_or(""), limit as i64],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (email, b) = row.map_err(unavailable)?;
+            match chrono::NaiveDate::parse_from_str(&b, "%Y-%m-%d") {
+                Ok(d) => out.push((email, d)),
+                Err(_) => return Err(StoreError::Corrupt(format!("birthday of {email}: {b}"))),
+            }
+        }
+        Ok(out)
     }
 }
