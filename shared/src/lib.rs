@@ -1,6 +1,8 @@
 //! The relay's core: events, rules, rendering, the SmartEmailing client, the ports and
 //! their local adapters, and the HTTP router shared by `relay serve` and the inbound Lambda.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod breaker;
 pub mod clock;
 pub mod config;
@@ -11,6 +13,7 @@ pub mod event;
 pub mod http;
 pub mod idempotency;
 pub mod inbound;
+#[cfg(feature = "local")]
 pub mod local;
 pub mod ports;
 pub mod queue;
