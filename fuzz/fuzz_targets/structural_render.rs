@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
         "plain": "no template here"
     });
     let mut set = TemplateSet::new();
-    let tree = set.compile_tree("fuzz.body", &template).expect("the template compiles");
+    let tree = set
+        .compile_tree("fuzz.body", &template)
+        .expect("the template compiles");
     let mut fields = Map::new();
     fields.insert("name".into(), value.clone());
     let now = Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap();

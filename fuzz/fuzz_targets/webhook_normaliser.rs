@@ -32,7 +32,8 @@ fuzz_target!(|data: &[u8]| {
         if let Some(email) = event.email() {
             assert!(relay_shared::event::Email::parse(email).is_ok());
         }
-        let (again, _) = event_from_webhook(&name, value, now).expect("the same call is accepted twice");
+        let (again, _) =
+            event_from_webhook(&name, value, now).expect("the same call is accepted twice");
         assert_eq!(event.id, again.id, "the same call must get the same id");
     }
 });
