@@ -40,7 +40,9 @@ impl RenderHandler {
                 ctx.aws.queue.clone(),
                 ctx.clock.clone(),
                 None,
-            ),
+            )
+            .with_timers(ctx.aws.store.clone())
+            .with_contacts(ctx.aws.store.clone()),
             queue: ctx.aws.queue.clone(),
         }
     }

@@ -1,7 +1,12 @@
-//! The scheduler function: EventBridge Scheduler runs it daily for birthdays and every minute
-//! for due delayed triggers. The runs are wired and permitted; what they do lands with the
-//! birthday and delayed-trigger use cases, so for now each run is logged and does nothing.
+//! The scheduler function: EventBridge Scheduler runs it daily for birthdays (the same pass
+//! as `relay serve`'s, "today" in the config's `schedules.time_zone`) and every minute for
+//! due timers. On AWS a held delivery waits in the dispatch queue itself (sent with a delay,
+//! hidden again when read early), so the minute run has nothing to release: it stays as the
+//! hook for timers that need a sweep, and logs.
 
+use crate::Context;
+use relay_shared::inbound::Inbound;
+use relay_shared::schedule::{run_birthdays, BirthdayError, BirthdayReport};
 use serde_json::Value;
 
 /// Which scheduled run this is.
@@ -17,6 +22,26 @@ pub enum Job {
 #[derive(Debug, thiserror::Error)]
 #[error("not a scheduled run this function knows: {0}")]
 pub struct UnknownRun(pub String);
+
+/// Why a scheduled run failed (EventBridge Scheduler retries it).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The invocation was not a known run.
+    #[error(transparent)]
+    Unknown(#[from] UnknownRun),
+    /// The birthday pass failed.
+    #[error(transparent)]
+    Birthdays(#[from] BirthdayError),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunReport {
+    /// The birthday pass.
+    Birthdays(BirthdayReport),
+    /// The due-timer sweep (nothing to do on AWS).
+    DueTimers,
+}
 
 /// Reads the run from the invocation: the schedules' input `{"job": "birthdays" | "due-timers"}`,
 /// or an EventBridge "Scheduled Event" whose rule name ends in the job's name.
@@ -50,28 +75,53 @@ pub fn job(event: &Value) -> Result<Job, UnknownRun> {
     ))
 }
 
-/// Handles one scheduled run.
-pub async fn handle(event: Value) -> Result<Job, UnknownRun> {
-    let job = job(&event)?;
-    let at = event
-        .get("time")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown");
-    match job {
-        Job::Birthdays => {
-            tracing::info!(
-                scheduled_at = at,
-                "birthday run: nothing to do until the birthday use case lands"
-            )
-        }
-        Job::DueTimers => {
-            tracing::info!(
-                scheduled_at = at,
-                "due-timer run: nothing to do until delayed triggers land"
-            )
+/// The scheduler handler, built once per container.
+pub struct SchedulerHandler {
+    ctx: Context,
+    inbound: Inbound,
+}
+
+impl SchedulerHandler {
+    /// Wires the birthday pass to the AWS adapters.
+    pub fn new(ctx: &Context) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            inbound: Inbound::new(
+                ctx.aws.store.clone(),
+                ctx.aws.queue.clone(),
+                ctx.clock.clone(),
+                None,
+            ),
         }
     }
-    Ok(job)
+
+    /// Handles one scheduled run.
+    pub async fn handle(&self, event: Value) -> Result<RunReport, RunError> {
+        let job = job(&event)?;
+        let at = event
+            .get("time")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        match job {
+            Job::Birthdays => {
+                let now = self.ctx.clock.now();
+                let today = now
+                    .with_timezone(&self.ctx.config.schedules.time_zone)
+                    .date_naive();
+                let report =
+                    run_birthdays(today, self.ctx.aws.store.as_ref(), &self.inbound, now).await?;
+                tracing::info!(scheduled_at = at, %today, found = report.found, accepted = report.accepted, duplicates = report.duplicates, "birthday run");
+                Ok(RunReport::Birthdays(report))
+            }
+            Job::DueTimers => {
+                tracing::debug!(
+                    scheduled_at = at,
+                    "due-timer run: held deliveries wait in the dispatch queue"
+                );
+                Ok(RunReport::DueTimers)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -84,17 +134,14 @@ mod tests {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    #[tokio::test]
-    async fn the_scheduler_knows_its_runs() {
+    #[test]
+    fn the_scheduler_knows_its_runs() {
         let classic = fixture("eventbridge-scheduled-event.json");
-        assert_eq!(handle(classic).await.unwrap(), Job::Birthdays);
+        assert_eq!(job(&classic).unwrap(), Job::Birthdays);
         let v2 = fixture("scheduler-due-timers.json");
-        assert_eq!(handle(v2).await.unwrap(), Job::DueTimers);
-        assert!(handle(serde_json::json!({"job": "coffee"})).await.is_err());
-        assert!(
-            handle(serde_json::json!({"detail-type": "Scheduled Event", "resources": []}))
-                .await
-                .is_err()
-        );
+        assert_eq!(job(&v2).unwrap(), Job::DueTimers);
+        assert!(job(&serde_json::json!({"job": "coffee"})).is_err());
+        let unknown = serde_json::json!({"detail-type": "Scheduled Event", "resources": []});
+        assert!(job(&unknown).is_err());
     }
 }

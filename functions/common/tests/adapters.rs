@@ -419,3 +419,113 @@ async fn a_missing_secret_is_an_error_that_names_it() {
     let err = aws.credentials.api_keys().await.unwrap_err();
     assert!(err.to_string().contains("relay-no-such-secret"), "{err}");
 }
+
+#[tokio::test]
+async fn a_later_event_cancels_only_the_waiting_deliveries_of_other_events() {
+    use relay_shared::ports::TimerStore;
+    let (_emu, aws, _) = adapters(&secret_json(None)).await;
+    let store = &aws.store;
+    let due = NOW_MS + 3_600_000;
+    let scheduled = |id: &str, event: &str| {
+        let mut d = delivery(id, event, "abandoned-cart", 0, NOW_MS);
+        d.status = DeliveryStatus::Scheduled;
+        d.next_attempt_at = Some(due);
+        d
+    };
+    let mut sent = scheduled("dlv_sent", "evt-c");
+    sent.status = DeliveryStatus::Sent;
+    sent.next_attempt_at = None;
+    store
+        .insert_new(&[
+            scheduled("dlv_a", "evt-a"),
+            scheduled("dlv_b", "evt-b"),
+            sent.clone(),
+        ])
+        .await
+        .unwrap();
+    let ids: Vec<DeliveryId> = ["dlv_a", "dlv_b", "dlv_sent"]
+        .into_iter()
+        .map(DeliveryId::from_stored)
+        .collect();
+    let key = "abandoned-cart:jan@example.com";
+    store.hold(key, &ids, due).await.unwrap();
+
+    let cancelled = store.cancel(key, "evt-b").await.unwrap();
+    assert_eq!(cancelled, vec![DeliveryId::from_stored("dlv_a")]);
+    let now: Vec<(String, DeliveryStatus, Option<i64>)> = store
+        .get_many(&ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id.to_string(), d.status, d.next_attempt_at))
+        .collect();
+    assert_eq!(
+        now,
+        [
+            ("dlv_a".to_string(), DeliveryStatus::Cancelled, None),
+            ("dlv_b".to_string(), DeliveryStatus::Scheduled, Some(due)),
+            ("dlv_sent".to_string(), DeliveryStatus::Sent, None),
+        ]
+    );
+    let listed = store
+        .list(&DeliveryFilter {
+            status: Some(DeliveryStatus::Cancelled),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(store.cancel(key, "evt-b").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn birthdays_are_found_by_day_page_by_page_and_the_latest_wins() {
+    use chrono::NaiveDate;
+    use relay_shared::ports::ContactStore;
+    let (_emu, aws, _) = adapters(&secret_json(None)).await;
+    let store = &aws.store;
+    let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+    store
+        .remember_birthday("Jan@Example.com", day(1990, 5, 17))
+        .await
+        .unwrap();
+    store
+        .remember_birthday("eva@example.com", day(1985, 5, 17))
+        .await
+        .unwrap();
+    store
+        .remember_birthday("petr@example.com", day(2000, 5, 18))
+        .await
+        .unwrap();
+    // Jan corrected his birthday: only the latest counts.
+    store
+        .remember_birthday("jan@example.com", day(1990, 5, 16))
+        .await
+        .unwrap();
+    for who in ["a@example.com", "b@example.com"] {
+        store
+            .remember_birthday(who, day(1999, 5, 17))
+            .await
+            .unwrap();
+    }
+    let first = store.birthdays_on(5, 17, None, 2).await.unwrap();
+    assert_eq!(
+        first,
+        vec![
+            ("a@example.com".to_string(), day(1999, 5, 17)),
+            ("b@example.com".to_string(), day(1999, 5, 17))
+        ]
+    );
+    let rest = store
+        .birthdays_on(5, 17, Some("b@example.com"), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest,
+        vec![("eva@example.com".to_string(), day(1985, 5, 17))]
+    );
+    assert_eq!(
+        store.birthdays_on(5, 16, None, 10).await.unwrap(),
+        vec![("jan@example.com".to_string(), day(1990, 5, 16))]
+    );
+}

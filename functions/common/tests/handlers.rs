@@ -7,10 +7,11 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use axum::body::Body;
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::render::RenderHandler;
+use relay_lambda::scheduler::{RunReport, SchedulerHandler};
 use relay_lambda::{inbound, Context};
-use relay_shared::clock::SystemClock;
+use relay_shared::clock::{ManualClock, SystemClock};
 use relay_shared::config::Config;
-use relay_shared::ports::{DeliveryStore, EventStore};
+use relay_shared::ports::{ContactStore, DeliveryStore, EventStore};
 use relay_shared::transport::ReqwestTransport;
 use serde_json::Value;
 use std::sync::Arc;
@@ -193,4 +194,45 @@ async fn dispatch_keeps_the_whole_batch_when_the_store_is_down() {
     let event: SqsEvent = serde_json::from_str(&fixture("sqs-dispatch-batch.json")).unwrap();
     let response = handler.handle(event).await;
     assert_eq!(response.batch_item_failures.len(), 1);
+}
+
+#[tokio::test]
+async fn the_daily_run_submits_todays_birthdays_once() {
+    let emu = Emulator::start(&secret_json(None)).await;
+    let clock = Arc::new(ManualClock::at_ms(1_795_651_200_000 + 8 * 3_600_000)); // 2026-11-26 08:00 UTC
+    let ctx = emu.context(config(), clock);
+    ctx.aws
+        .store
+        .remember_birthday(
+            "jan@example.com",
+            chrono::NaiveDate::from_ymd_opt(1990, 11, 26).unwrap(),
+        )
+        .await
+        .unwrap();
+    ctx.aws
+        .store
+        .remember_birthday(
+            "eva@example.com",
+            chrono::NaiveDate::from_ymd_opt(1990, 11, 27).unwrap(),
+        )
+        .await
+        .unwrap();
+    let handler = SchedulerHandler::new(&ctx);
+    let run: Value = serde_json::from_str(&fixture("eventbridge-scheduled-event.json")).unwrap();
+    match handler.handle(run.clone()).await.unwrap() {
+        RunReport::Birthdays(r) => assert_eq!((r.found, r.accepted, r.duplicates), (1, 1, 0)),
+        other => panic!("{other:?}"),
+    }
+    // EventBridge Scheduler retries a run; the second finds it done.
+    match handler.handle(run).await.unwrap() {
+        RunReport::Birthdays(r) => assert_eq!((r.accepted, r.duplicates), (0, 1)),
+        other => panic!("{other:?}"),
+    }
+    let jobs = emu.receive_all(&emu.settings.render_queue_url).await;
+    assert_eq!(jobs.len(), 1);
+    let job: Value = serde_json::from_str(jobs[0].body().unwrap()).unwrap();
+    assert_eq!(job["event"]["type"], "contact.birthday");
+
+    let timers: Value = serde_json::from_str(&fixture("scheduler-due-timers.json")).unwrap();
+    assert_eq!(handler.handle(timers).await.unwrap(), RunReport::DueTimers);
 }

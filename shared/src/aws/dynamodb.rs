@@ -6,7 +6,11 @@
 //!   step reads it with a strongly consistent read (a delivery held as sent is never sent
 //!   again). Index `gsi1` (`gsi1pk = EVENT#<event id>`, keys only) finds an event's
 //!   deliveries, which are then read consistently; index `gsi2` (`gsi2pk = DSTATUS#<status>`,
-//!   `gsi2sk = <created_at>#<id>`) lists them by status.
+//!   `gsi2sk = <created_at>#<id>`) lists them by status;
+//! - a timer (a held delivery a later event may cancel): `pk = TIMER#<correlation>`,
+//!   `sk = <delivery id>`;
+//! - a contact's birthday: `pk = CONTACT#<email>`, `sk = BIRTHDAY`, indexed in `gsi2` under
+//!   `BIRTHDAY#<MM-DD>` by e-mail.
 //!
 //! Idempotency follows AWS Lambda Powertools: one conditional PutItem claims a key, and
 //! `ReturnValuesOnConditionCheckFailure=ALL_OLD` returns the holder without a second call.
@@ -14,7 +18,9 @@
 use crate::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::event::EventId;
 use crate::idempotency::{Begin, EventRecord, RecordStatus};
-use crate::ports::{DeliveryFilter, DeliveryStore, EventStore, StoreError};
+use crate::ports::{
+    ContactStore, DeliveryFilter, DeliveryStore, EventStore, StoreError, TimerStore,
+};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{
@@ -35,14 +41,18 @@ const BATCH_GET_LIMIT: usize = 100;
 /// How often unprocessed keys of a BatchGetItem are asked for again.
 const BATCH_GET_RETRIES: u32 = 5;
 
-const STATUSES: [DeliveryStatus; 6] = [
+const STATUSES: [DeliveryStatus; 8] = [
     DeliveryStatus::Pending,
     DeliveryStatus::Retrying,
+    DeliveryStatus::Scheduled,
     DeliveryStatus::Sent,
     DeliveryStatus::Dead,
     DeliveryStatus::Skipped,
     DeliveryStatus::DryRun,
+    DeliveryStatus::Cancelled,
 ];
+/// How long a timer stays after it was due (it is only needed until then).
+const TIMER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -75,6 +85,23 @@ fn event_pk(id: &str) -> String {
 
 fn delivery_pk(id: &str) -> String {
     format!("DELIVERY#{id}")
+}
+
+fn timer_pk(correlation: &str) -> String {
+    format!("TIMER#{correlation}")
+}
+
+fn birthday_pk(month: u32, day: u32) -> String {
+    format!("BIRTHDAY#{month:02}-{day:02}")
+}
+
+fn is_condition_failure<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error()
+        .and_then(|se| se.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
 fn status_pk(status: DeliveryStatus) -> String {
@@ -579,6 +606,168 @@ impl DeliveryStore for DynamoStore {
             out.truncate(filter.limit);
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl TimerStore for DynamoStore {
+    async fn hold(
+        &self,
+        correlation: &str,
+        deliveries: &[DeliveryId],
+        due_ms: i64,
+    ) -> Result<(), StoreError> {
+        for id in deliveries {
+            let item: Item = HashMap::from([
+                ("pk".into(), s(timer_pk(correlation))),
+                ("sk".into(), s(id.as_str())),
+                ("delivery".into(), s(id.as_str())),
+                ("due_at".into(), n(due_ms)),
+                (
+                    "expires_at".into(),
+                    n(due_ms / 1000 + TIMER_RETENTION.as_secs() as i64),
+                ),
+            ]);
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .send()
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn cancel(
+        &self,
+        correlation: &str,
+        except_event: &str,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let mut held = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(timer_pk(correlation)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in page.items.unwrap_or_default() {
+                if let Some(AttributeValue::S(id)) = item.get("sk") {
+                    held.push(id.clone());
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        let mut cancelled = Vec::new();
+        for id in held {
+            // Only a delivery still waiting, and not one of the cancelling event's own.
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(delivery_pk(&id), "DELIVERY")))
+                .update_expression(
+                    "SET #status = :cancelled, gsi2pk = :gsi2pk, last_error = :why REMOVE next_attempt_at",
+                )
+                .condition_expression("#status = :scheduled AND event_id <> :except")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":cancelled", s(DeliveryStatus::Cancelled.as_str()))
+                .expression_attribute_values(":gsi2pk", s(status_pk(DeliveryStatus::Cancelled)))
+                .expression_attribute_values(":why", s("cancelled by a later event"))
+                .expression_attribute_values(":scheduled", s(DeliveryStatus::Scheduled.as_str()))
+                .expression_attribute_values(":except", s(except_event))
+                .send()
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if is_condition_failure(&e) => continue,
+                Err(e) => return Err(unavailable(e)),
+            }
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(timer_pk(correlation), &id)))
+                .send()
+                .await
+                .map_err(unavailable)?;
+            cancelled.push(DeliveryId::from_stored(id));
+        }
+        Ok(cancelled)
+    }
+}
+
+#[async_trait]
+impl ContactStore for DynamoStore {
+    async fn remember_birthday(
+        &self,
+        email: &str,
+        birthday: chrono::NaiveDate,
+    ) -> Result<(), StoreError> {
+        use chrono::Datelike;
+        let email = email.to_lowercase();
+        let item: Item = HashMap::from([
+            ("pk".into(), s(format!("CONTACT#{email}"))),
+            ("sk".into(), s("BIRTHDAY")),
+            ("email".into(), s(&email)),
+            (
+                "birthday".into(),
+                s(birthday.format("%Y-%m-%d").to_string()),
+            ),
+            (
+                "gsi2pk".into(),
+                s(birthday_pk(birthday.month(), birthday.day())),
+            ),
+            ("gsi2sk".into(), s(&email)),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn birthdays_on(
+        &self,
+        month: u32,
+        day: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, chrono::NaiveDate)>, StoreError> {
+        let mut values = vec![(":pk", s(birthday_pk(month, day)))];
+        let condition = match after {
+            Some(a) => {
+                values.push((":after", s(a)));
+                "gsi2pk = :pk AND gsi2sk > :after"
+            }
+            None => "gsi2pk = :pk",
+        };
+        self.query_all(BY_STATUS_INDEX, condition, values, limit)
+            .await?
+            .iter()
+            .map(|item| {
+                let r = Reader {
+                    item,
+                    what: "a birthday",
+                };
+                let email = r.s("email")?;
+                let date = chrono::NaiveDate::parse_from_str(&r.s("birthday")?, "%Y-%m-%d")
+                    .map_err(|_| r.corrupt("birthday"))?;
+                Ok((email, date))
+            })
+            .collect()
     }
 }
 
