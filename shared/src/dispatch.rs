@@ -366,10 +366,17 @@ impl Dispatcher {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         if creds.is_none() {
-            for mut w in work {
-                w.record.status = DeliveryStatus::DryRun;
-                w.record.last_error = None;
-                self.deliveries.save(&w.record).await?;
+            let records: Vec<DeliveryRecord> = work
+                .iter()
+                .map(|w| {
+                    let mut r = w.record.clone();
+                    r.status = DeliveryStatus::DryRun;
+                    r.last_error = None;
+                    r
+                })
+                .collect();
+            self.deliveries.save_many(&records).await?;
+            for w in work {
                 report.dry_run += 1;
                 chains.push((
                     w.record.event_id.clone(),
@@ -423,22 +430,37 @@ impl Dispatcher {
                     let chunk = std::mem::replace(&mut rest, tail);
                     let records: Vec<&DeliveryRecord> = chunk.iter().map(|w| &w.record).collect();
                     let outcomes = self.send_chunk(&records, &mut report).await;
+                    // Record every outcome of the call in one write, right after the answer:
+                    // this is the whole window in which a crash could cause a duplicate.
+                    let mut settled: Vec<(Work, Option<Duration>)> =
+                        Vec::with_capacity(chunk.len());
                     for (mut w, outcome) in chunk.into_iter().zip(outcomes) {
                         let retry = self.apply(&mut w.record, &outcome, &mut report);
-                        self.deliveries.save(&w.record).await?;
+                        settled.push((w, retry));
+                    }
+                    let records: Vec<DeliveryRecord> =
+                        settled.iter().map(|(w, _)| w.record.clone()).collect();
+                    self.deliveries.save_many(&records).await?;
+                    let retries: Vec<(String, Duration)> = settled
+                        .iter()
+                        .filter_map(|(w, r)| r.map(|d| (w.handle.clone(), d)))
+                        .collect();
+                    if !retries.is_empty() {
+                        if let Err(e) = self
+                            .queue
+                            .retry_after_many(QueueName::Dispatch, &retries)
+                            .await
+                        {
+                            tracing::error!(error = %e, "could not schedule retries; the queue will redeliver");
+                        }
+                    }
+                    for (w, retry) in settled {
                         if w.record.status == DeliveryStatus::Dead {
                             report.dead_ids.push(w.record.id.clone());
                         }
                         match retry {
-                            Some(delay) => {
+                            Some(_) => {
                                 report.retried_handles.push(w.handle.clone());
-                                if let Err(e) = self
-                                    .queue
-                                    .retry_after(QueueName::Dispatch, &w.handle, delay)
-                                    .await
-                                {
-                                    tracing::error!(error = %e, delivery = %w.record.id, "could not schedule a retry; the queue will redeliver");
-                                }
                             }
                             None => {
                                 if w.record.status.is_success() {

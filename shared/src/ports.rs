@@ -85,6 +85,13 @@ pub trait DeliveryStore: Send + Sync {
     async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Writes a delivery's state.
     async fn save(&self, record: &DeliveryRecord) -> Result<(), StoreError>;
+    /// Writes several deliveries' state (a store may do it in one round trip).
+    async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
+        for r in records {
+            self.save(r).await?;
+        }
+        Ok(())
+    }
     /// Every delivery of an event, oldest first.
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Deliveries matching a filter, oldest first.
@@ -156,6 +163,17 @@ pub trait Queue: Send + Sync {
         handle: &str,
         delay: Duration,
     ) -> Result<(), QueueError>;
+    /// Schedules several retries (a queue may do it in one round trip).
+    async fn retry_after_many(
+        &self,
+        queue: QueueName,
+        retries: &[(String, Duration)],
+    ) -> Result<(), QueueError> {
+        for (handle, delay) in retries {
+            self.retry_after(queue, handle, *delay).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A secrets failure.

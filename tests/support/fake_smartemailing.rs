@@ -213,6 +213,7 @@ impl FakeSmartEmailing {
                 api_key: api_key.to_string(),
                 faults: VecDeque::new(),
                 default_fault: None,
+                periodic_fault: None,
                 rejected: HashSet::new(),
                 requests: Vec::new(),
                 contact_ids: HashMap::new(),
@@ -346,6 +347,12 @@ impl FakeSmartEmailing {
         self.shared.lock().api_key = key.to_string();
     }
 
+    /// Every `every`-th request (1-based) gets `f`, after queued and default faults
+    /// (e.g. every 20th for 5 % injected faults); `None` stops it.
+    pub fn set_periodic_fault(&self, every: u64, f: Option<Fault>) {
+        self.shared.lock().periodic_fault = f.map(|f| (every.max(1), f, 0));
+    }
+
     /// While `Some`, every request gets this answer (an outage). Queued faults still go
     /// first.
     pub fn set_default_fault(&self, f: Option<Fault>) {
@@ -416,6 +423,8 @@ struct FakeState {
     api_key: String,
     faults: VecDeque<Fault>,
     default_fault: Option<Fault>,
+    /// Every `n`-th request (counting from 1) gets this fault: (n, fault, counter).
+    periodic_fault: Option<(u64, Fault, u64)>,
     rejected: HashSet<String>,
     requests: Vec<RecordedRequest>,
     contact_ids: HashMap<String, u64>,
@@ -702,7 +711,18 @@ async fn handle(
 
     let (answer, fault) = {
         let mut st = shared.lock();
-        let fault = st.faults.pop_front().or_else(|| st.default_fault.clone());
+        let periodic = match &mut st.periodic_fault {
+            Some((every, f, count)) => {
+                *count += 1;
+                (*count % *every == 0).then(|| f.clone())
+            }
+            None => None,
+        };
+        let fault = st
+            .faults
+            .pop_front()
+            .or_else(|| st.default_fault.clone())
+            .or(periodic);
         let answer = match &fault {
             Some(f) => Answer {
                 status: if f.reset_connection { 0 } else { f.status },

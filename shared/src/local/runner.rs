@@ -261,15 +261,16 @@ async fn render_loop(
             continue;
         }
         let mut done = Vec::new();
-        for m in &msgs {
-            match step.handle(m).await {
-                Ok(RenderResult::Done(_)) => done.push(m.handle.clone()),
-                Ok(RenderResult::Unreadable(why)) => {
-                    tracing::error!(reason = %why, "dropping a poison render job");
+        match step.handle_batch(&msgs).await {
+            Ok(results) => {
+                for (m, r) in msgs.iter().zip(results) {
+                    if let RenderResult::Unreadable(why) = r {
+                        tracing::error!(reason = %why, "dropping a poison render job");
+                    }
                     done.push(m.handle.clone());
                 }
-                Err(e) => tracing::error!(error = %e, "render failed; the job will be retried"),
             }
+            Err(e) => tracing::error!(error = %e, "render failed; the jobs will be retried"),
         }
         if let Err(e) = store.ack(QueueName::Render, &done).await {
             tracing::warn!(error = %e, "cannot delete rendered jobs; they will be rendered again harmlessly");

@@ -429,11 +429,21 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn save(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
-                 next_attempt_at = ?7, request = ?8 WHERE id = ?1",
-                params![
+        self.save_many(std::slice::from_ref(r)).await
+    }
+
+    async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(unavailable)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
+                     next_attempt_at = ?7, request = ?8 WHERE id = ?1",
+                )
+                .map_err(unavailable)?;
+            for r in records {
+                stmt.execute(params![
                     r.id.as_str(),
                     r.status.as_str(),
                     r.attempts as i64,
@@ -441,11 +451,14 @@ impl DeliveryStore for SqliteStore {
                     r.last_response,
                     r.sent_at,
                     r.next_attempt_at,
-                    r.request.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default()),
-                ],
-            )
-            .map(|_| ())
-            .map_err(unavailable)
+                    r.request
+                        .as_ref()
+                        .map(|p| serde_json::to_string(p).unwrap_or_default()),
+                ])
+                .map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)
     }
 
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
@@ -569,18 +582,36 @@ impl Queue for SqliteStore {
 
     async fn retry_after(
         &self,
-        _queue: QueueName,
+        queue: QueueName,
         handle: &str,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        let at = self.clock.now_ms() + delay.as_millis() as i64;
-        self.lock()
-            .execute(
-                "UPDATE jobs SET visible_at = ?2, leased = 0 WHERE id = ?1",
-                params![handle.parse::<i64>().unwrap_or(-1), at],
-            )
-            .map(|_| ())
-            .map_err(|e| queue_err(e, 1))
+        self.retry_after_many(queue, &[(handle.to_string(), delay)])
+            .await
+    }
+
+    async fn retry_after_many(
+        &self,
+        _queue: QueueName,
+        retries: &[(String, Duration)],
+    ) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let n = retries.len();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| queue_err(e, n))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE jobs SET visible_at = ?2, leased = 0 WHERE id = ?1")
+                .map_err(|e| queue_err(e, n))?;
+            for (handle, delay) in retries {
+                stmt.execute(params![
+                    handle.parse::<i64>().unwrap_or(-1),
+                    now + delay.as_millis() as i64
+                ])
+                .map_err(|e| queue_err(e, n))?;
+            }
+        }
+        tx.commit().map_err(|e| queue_err(e, n))
     }
 }
 
