@@ -27,6 +27,7 @@ fn example_config(se: &FakeSmartEmailing, collector: &Collector) -> String {
             "max_requests_per_second: 10",
             "max_requests_per_second: 1000",
         )
+        .replace("allow_loopback_http: false", "allow_loopback_http: true")
 }
 
 fn sample(name: &str) -> Value {

@@ -1,6 +1,7 @@
 //! The rules file: parsed once, validated completely at load, then immutable.
 
 use crate::duration::HumanDuration;
+pub use crate::outbound::OutboundPolicy;
 use crate::render::{Node, Piece, TemplateSet};
 use crate::smartemailing::{self, Endpoint};
 use serde::Deserialize;
@@ -31,7 +32,36 @@ struct RawConfig {
     #[serde(default)]
     schedules: RawSchedules,
     #[serde(default)]
+    outbound: OutboundPolicy,
+    #[serde(default)]
+    inbound: RawInbound,
+    #[serde(default)]
     rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    #[serde(default)]
+    signatures: RawSignatures,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSignatures {
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    smartemailing: Vec<String>,
+}
+
+/// Which inbound routes must carry Standard Webhooks signatures, and by which secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboundSignatures {
+    /// Secret names that may sign `POST /v1/events` (empty: not required).
+    pub events: Vec<String>,
+    /// Secret names that may sign `POST /v1/webhooks/smartemailing` (empty: not required).
+    pub smartemailing: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -466,6 +496,8 @@ pub enum ActionBody {
         method: String,
         /// The URL template.
         url: Piece,
+        /// The URL template's host when it is written out: the rendered URL must keep it.
+        static_host: Option<String>,
         /// Header templates.
         headers: Vec<(String, Piece)>,
         /// The Content-Type.
@@ -541,6 +573,10 @@ pub struct Config {
     pub delivery: DeliverySettings,
     /// The time-driven runs.
     pub schedules: Schedules,
+    /// Where `webhook` actions may send.
+    pub outbound: OutboundPolicy,
+    /// Signed inbound routes.
+    pub signatures: InboundSignatures,
     /// The rules, in file order.
     pub rules: Vec<Rule>,
     /// Every template, compiled.
@@ -734,6 +770,45 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
         ));
     }
 
+    // Webhook targets written out in the config must be allowed (templated hosts are checked
+    // when rendered).
+    for rule in &rules {
+        for (j, a) in rule.actions.iter().enumerate() {
+            if let ActionBody::Webhook {
+                static_host: Some(host),
+                ..
+            } = &a.body
+            {
+                let probe = format!("https://{host}/");
+                if let Err(e) =
+                    crate::outbound::check_rendered_url(Some(host), &probe, &raw.outbound)
+                {
+                    problems.push(format!(
+                        "rules[{}].actions[{j}].webhook.url: {e}",
+                        rule.name
+                    ));
+                }
+            }
+        }
+    }
+    let mut signed_names = Vec::new();
+    for (route, names) in [
+        ("events", &raw.inbound.signatures.events),
+        ("smartemailing", &raw.inbound.signatures.smartemailing),
+    ] {
+        for n in names {
+            if n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                problems.push(format!("inbound.signatures.{route}: secret name `{n}` must be letters, digits, `_` or `-`"));
+            }
+            signed_names.push(n.clone());
+        }
+    }
+    secret_names.extend(signed_names);
+
     let mut schedules = Schedules::default();
     if let Some(tz) = &raw.schedules.time_zone {
         match tz.parse::<chrono_tz::Tz>() {
@@ -759,6 +834,11 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
             smartemailing: SmartEmailingSettings { base_url: base },
             delivery: raw.delivery,
             schedules,
+            outbound: raw.outbound,
+            signatures: InboundSignatures {
+                events: raw.inbound.signatures.events,
+                smartemailing: raw.inbound.signatures.smartemailing,
+            },
             rules,
             templates,
             secret_names,
@@ -1226,12 +1306,14 @@ fn compile_action(
                     ));
                 }
             }
+            let static_host = crate::outbound::static_host(&w.url);
             (
                 "webhook",
                 &None,
                 ActionBody::Webhook {
                     method,
                     url,
+                    static_host,
                     headers,
                     content_type,
                     auth,

@@ -645,6 +645,35 @@ impl Dispatcher {
                 }
             }
         }
+        // The address a name resolves to is checked right before the call, so a host in the
+        // allow-list cannot be pointed at the metadata service or the private network.
+        let parsed = match url::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => {
+                return Outcome::Permanent {
+                    reason: format!("the webhook URL is invalid: {e}"),
+                    response: None,
+                    status: None,
+                }
+            }
+        };
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        if let Err(e) = crate::outbound::check_resolved(&host, port, &self.config.outbound).await {
+            return match e {
+                crate::outbound::OutboundError::Unresolved(_) => Outcome::Retry {
+                    reason: e.to_string(),
+                    response: None,
+                    retry_after: None,
+                    overload: false,
+                },
+                other => Outcome::Permanent {
+                    reason: other.to_string(),
+                    response: None,
+                    status: None,
+                },
+            };
+        }
         let target = format!("http:{}", host_of(url));
         self.pacer.wait(&target).await;
         report.calls += 1;

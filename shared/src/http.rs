@@ -4,9 +4,11 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::event::{parse_event, parse_submission, FieldError, Submitted};
 use crate::inbound::{Accepted, Inbound, InboundError};
+use crate::limits::{check_json, InputLimits, LimitCode};
 use crate::ports::{Credentials, DeliveryStore, EventStore};
 use crate::rules::{preview_request, render_event, NotRendered};
 use crate::secrets::key_matches;
+use crate::signature::{SeenIds, SignedHeaders, Verifier, WebhookSecret};
 use crate::webhook::{event_from_webhook, form_to_object};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -39,6 +41,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// The largest body taken, in bytes.
     pub body_limit: usize,
+    /// Ids of signed calls already taken (replays are refused).
+    pub seen_ids: Arc<dyn SeenIds>,
 }
 
 /// An API error: `{"error": {"code", "message", "path"}}`.
@@ -111,7 +115,18 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let webhook = req.uri().path().starts_with("/v1/webhooks/");
+    let path = req.uri().path().to_string();
+    let webhook = path.starts_with("/v1/webhooks/");
+    // A route configured for signed calls takes a valid Standard Webhooks signature instead
+    // of an API key: the signing secret is what authenticates the sender.
+    let signers = match path.as_str() {
+        "/v1/events" if req.method() == axum::http::Method::POST => &state.config.signatures.events,
+        "/v1/webhooks/smartemailing" => &state.config.signatures.smartemailing,
+        _ => &Vec::new(),
+    };
+    if !signers.is_empty() {
+        return verify_signed(&state, signers, req, next).await;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -137,6 +152,56 @@ async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Nex
             "send a valid API key as Authorization: Bearer <key>",
         )
         .into_response(),
+    }
+}
+
+async fn verify_signed(state: &AppState, signers: &[String], req: Request, next: Next) -> Response {
+    let mut secrets = Vec::new();
+    for name in signers {
+        match state.credentials.secret(name).await {
+            Ok(Some(s)) => match WebhookSecret::parse(s.expose()) {
+                Ok(w) => secrets.push(w),
+                Err(e) => {
+                    tracing::error!(secret = %name, error = %e, "a signing secret is malformed")
+                }
+            },
+            Ok(None) => tracing::error!(secret = %name, "a signing secret is not set"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the signing secrets");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "try again shortly",
+                )
+                .into_response();
+            }
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.body_limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {} bytes", state.body_limit),
+            )
+            .into_response()
+        }
+    };
+    let verdict = Verifier::new(secrets).verify(
+        &SignedHeaders::from_headers(&parts.headers),
+        &bytes,
+        state.clock.now(),
+        state.seen_ids.as_ref(),
+    );
+    match verdict {
+        Ok(_) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string())
+            .into_response(),
     }
 }
 
@@ -207,12 +272,20 @@ async fn read_body(
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("the body is not valid JSON: {e}"),
-        )
+    // Bounded parsing: depth, string lengths, field counts, duplicate keys, exact numbers.
+    check_json(bytes, &InputLimits::default()).map_err(|e| {
+        let status = match e.code {
+            LimitCode::TooManyFields | LimitCode::TooManyValues | LimitCode::StringTooLong => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError {
+            status,
+            code: e.code.as_str(),
+            message: e.message,
+            path: Some(e.path),
+        }
     })
 }
 

@@ -13,8 +13,10 @@ pub mod event;
 pub mod http;
 pub mod idempotency;
 pub mod inbound;
+pub mod limits;
 #[cfg(feature = "local")]
 pub mod local;
+pub mod outbound;
 pub mod ports;
 pub mod queue;
 pub mod render;
@@ -22,6 +24,7 @@ pub mod render_step;
 pub mod rules;
 pub mod schedule;
 pub mod secrets;
+pub mod signature;
 pub mod smartemailing;
 pub mod transport;
 pub mod webhook;

@@ -7,6 +7,9 @@
 use serde_json::{Map, Value};
 use tera::{Context, Tera};
 
+/// The most items `range` may produce in a template.
+pub const MAX_RANGE: usize = 10_000;
+
 /// The largest output one template may produce.
 pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
 
@@ -84,6 +87,42 @@ impl TemplateSet {
         tera.register_function("get_env", |_: &std::collections::HashMap<String, Value>| {
             Err(tera::Error::msg("get_env is disabled in the relay"))
         });
+        // `range` is the one way a template can loop without data; bound it.
+        tera.register_function(
+            "range",
+            |args: &std::collections::HashMap<String, Value>| {
+                let int = |k: &str, default: Option<i64>| -> tera::Result<i64> {
+                    match args.get(k) {
+                        Some(v) => v.as_i64().ok_or_else(|| {
+                            tera::Error::msg(format!("range: `{k}` must be an integer"))
+                        }),
+                        None => default
+                            .ok_or_else(|| tera::Error::msg(format!("range: `{k}` is required"))),
+                    }
+                };
+                let (start, end, step) = (
+                    int("start", Some(0))?,
+                    int("end", None)?,
+                    int("step_by", Some(1))?,
+                );
+                if step <= 0 {
+                    return Err(tera::Error::msg("range: `step_by` must be positive"));
+                }
+                let len = if end > start {
+                    (end - start + step - 1) / step
+                } else {
+                    0
+                };
+                if len > MAX_RANGE as i64 {
+                    return Err(tera::Error::msg(format!(
+                        "range: at most {MAX_RANGE} items"
+                    )));
+                }
+                Ok(Value::Array(
+                    (0..len).map(|i| Value::from(start + i * step)).collect(),
+                ))
+            },
+        );
         // Deterministic codes (reward codes, pseudonymous ids) without reaching outside.
         tera.register_filter(
             "sha256",
@@ -391,6 +430,23 @@ mod tests {
         use sha2::{Digest, Sha256};
         let expected = hex::encode(Sha256::digest(b"jan@example.com:2026"))[..8].to_uppercase();
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn range_is_bounded() {
+        let mut set = TemplateSet::new();
+        let ok = set
+            .compile_str(
+                "r",
+                "{% for i in range(start=1, end=7, step_by=2) %}{{ i }}{% endfor %}",
+            )
+            .unwrap();
+        assert_eq!(set.render_str(&ok, &ctx(json!({}))).unwrap(), "135");
+        let big = set
+            .compile_str("r", "{% for i in range(end=100000000) %}x{% endfor %}")
+            .unwrap();
+        let err = set.render_str(&big, &ctx(json!({}))).unwrap_err();
+        assert!(err.message.contains("at most"), "{err}");
     }
 
     #[test]

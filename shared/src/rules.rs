@@ -80,7 +80,7 @@ pub fn render_event(
                 rule: rule.name.clone(),
                 action: a.kind,
                 index,
-                result: render_action(&config.templates, a, event, &ctx),
+                result: render_action(&config.templates, &config.outbound, a, event, &ctx),
             });
         }
     }
@@ -93,6 +93,7 @@ fn failed(e: TemplateError) -> NotRendered {
 
 fn render_action(
     t: &TemplateSet,
+    outbound: &crate::outbound::OutboundPolicy,
     action: &crate::config::Action,
     event: &Event,
     ctx: &Context,
@@ -279,21 +280,22 @@ fn render_action(
         ActionBody::Webhook {
             method,
             url,
+            static_host,
             headers,
             content_type,
             auth,
             body,
         } => {
             let url = t.render_str(url, ctx).map_err(failed)?;
-            check_url(&url).map_err(NotRendered::Failed)?;
+            // No SSRF through event data: the scheme, the allow-list, and the template's own host.
+            let url = crate::outbound::check_rendered_url(static_host.as_deref(), &url, outbound)
+                .map_err(|e| NotRendered::Failed(format!("webhook.url: {e}")))?
+                .to_string();
             let mut out_headers = Vec::new();
             for (k, v) in headers {
                 let v = t.render_str(v, ctx).map_err(failed)?;
-                if v.chars().any(|c| c.is_control() && c != '\t') {
-                    return Err(NotRendered::Failed(format!(
-                        "webhook.headers.{k}: the rendered value contains a line break or control character"
-                    )));
-                }
+                crate::outbound::check_header_value(&v)
+                    .map_err(|e| NotRendered::Failed(format!("webhook.headers.{k}: {e}")))?;
                 out_headers.push((k.clone(), v));
             }
             let body = match body {
@@ -359,17 +361,6 @@ fn recipient(
     Email::parse(raw)
         .map(|e| e.as_str().to_string())
         .map_err(|m| NotRendered::Failed(format!("{}.email: {m}", action.kind)))
-}
-
-fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("webhook.url: `{url}` must start with https://"))?;
-    if rest.is_empty() || rest.starts_with('/') || url.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(format!("webhook.url: `{url}` is not a valid URL"));
-    }
-    Ok(())
 }
 
 /// A whole-number id from a number or a numeric string.

@@ -33,7 +33,7 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// A config for tests: fast retries, a short batch window, the given rules.
 pub fn config_yaml(base_url: &str, rules: &str) -> String {
     format!(
-        "smartemailing:\n  base_url: {base_url}\ndelivery:\n  timeout: 2s\n  retry_schedule: [50ms, 50ms, 50ms]\n  batch_window: 50ms\n  min_overload_delay: 50ms\n  max_requests_per_second: 1000\n  breaker: {{open_after: 10, probe_after: 100ms}}\nrules:\n{rules}"
+        "smartemailing:\n  base_url: {base_url}\ndelivery:\n  timeout: 2s\n  retry_schedule: [50ms, 50ms, 50ms]\n  batch_window: 50ms\n  min_overload_delay: 50ms\n  max_requests_per_second: 1000\n  breaker: {{open_after: 10, probe_after: 100ms}}\noutbound:\n  allow_loopback_http: true\nrules:\n{rules}"
     )
 }
 

@@ -22,6 +22,7 @@ pub fn router(ctx: &Context) -> axum::Router {
         credentials: ctx.aws.credentials.clone(),
         clock: ctx.clock.clone(),
         body_limit: DEFAULT_BODY_LIMIT,
+        seen_ids: std::sync::Arc::new(relay_shared::signature::MemorySeenIds::default()),
     };
     api_router(Arc::new(state))
 }

@@ -103,6 +103,7 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         credentials: opts.credentials.clone(),
         clock: opts.clock.clone(),
         body_limit: opts.body_limit,
+        seen_ids: Arc::new(crate::signature::MemorySeenIds::default()),
     });
     let app = router(state);
     let mut server_stop = stop_rx.clone();
