@@ -1228,7 +1228,12 @@ fn compile_action(
                     w.method
                 ));
             }
-            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+            // A URL rendered whole from the event is allowed: the allow-list still applies
+            // to what it renders to.
+            if !(w.url.starts_with("https://")
+                || w.url.starts_with("http://")
+                || w.url.trim_start().starts_with("{{"))
+            {
                 errs.push(format!("{p}.url: must start with https:// (or http://)"));
             }
             let url = s!(format!("{p}.url"), &w.url);
