@@ -36,15 +36,17 @@ async fn hostile_bodies_get_a_clear_answer_and_nothing_is_stored() {
     )
     .await;
     let deep = format!(
-        "{{\"id\":\"deep\",\"type\":\"t\",\"data\":{}{}}}",
+        "{{\"id\":\"deep\",\"type\":\"t\",\"data\":{}1{}}}",
         "{\"a\":".repeat(100),
-        format!("1{}", "}".repeat(100))
+        "}".repeat(100)
     );
     let many: String = (0..1500)
         .map(|i| format!("\"k{i}\":1"))
         .collect::<Vec<_>>()
         .join(",");
-    let cases: Vec<(&str, Vec<u8>, &str, u16, &str, Option<&str>)> = vec![
+    // (what, body, content type, status, code, path)
+    type Case<'a> = (&'a str, Vec<u8>, &'a str, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "oversized",
             format!(
