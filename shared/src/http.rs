@@ -343,6 +343,22 @@ async fn accept(state: &AppState, subs: Vec<Submitted>, batch: bool) -> Response
             }
             .into_response()
         }
+        Err(InboundError::TooLarge { index, id, limit }) => {
+            let path = if batch {
+                format!("{prefix}{index}")
+            } else {
+                String::new()
+            };
+            ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "event_too_large",
+                message: format!(
+                    "the event `{id}` is larger than {limit} bytes; send less data per event"
+                ),
+                path: Some(path),
+            }
+            .into_response()
+        }
         Err(InboundError::Store(e)) => {
             tracing::error!(error = %e, "inbound store failure");
             ApiError::new(

@@ -51,6 +51,16 @@ pub enum InboundError {
         /// The id.
         id: EventId,
     },
+    /// One event is larger than the queue takes.
+    #[error("the event `{id}` is larger than {limit} bytes once queued; send less data")]
+    TooLarge {
+        /// Position in the batch.
+        index: usize,
+        /// The id.
+        id: EventId,
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -62,9 +72,17 @@ pub struct Inbound {
     queue: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
     wake: Option<Arc<Notify>>,
+    max_message_bytes: Option<usize>,
 }
 
 impl Inbound {
+    /// Refuses events whose render job would be larger than `bytes` (SQS takes 256 KiB a
+    /// message): such an event is answered 413 instead of failing to enqueue forever.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = Some(bytes);
+        self
+    }
+
     /// Wires the step; `wake` is poked after a successful enqueue (the local runner's workers).
     pub fn new(
         events: Arc<dyn EventStore>,
@@ -77,6 +95,7 @@ impl Inbound {
             queue,
             clock,
             wake,
+            max_message_bytes: None,
         }
     }
 
@@ -145,6 +164,22 @@ impl Inbound {
             return Ok(outcomes);
         }
 
+        if let Some(limit) = self.max_message_bytes {
+            for &i in &started {
+                let size = serde_json::to_vec(&submitted[i].event)
+                    .map(|v| v.len())
+                    .unwrap_or(0)
+                    + 64;
+                if size > limit {
+                    self.release_all(&submitted, &started).await;
+                    return Err(InboundError::TooLarge {
+                        index: i,
+                        id: submitted[i].event.id.clone(),
+                        limit,
+                    });
+                }
+            }
+        }
         let bodies: Vec<String> = started
             .iter()
             .map(|&i| {
@@ -202,5 +237,37 @@ impl Inbound {
                 tracing::error!(error = %e, "could not release an idempotency key");
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "local"))]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::event::parse_submission;
+    use crate::local::sqlite::SqliteStore;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn an_event_too_large_for_the_queue_is_refused_and_its_key_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at_ms(1_795_000_000_000));
+        let store = Arc::new(SqliteStore::open(dir.path(), clock.clone()).unwrap());
+        let inbound = Inbound::new(store.clone(), store.clone(), clock.clone(), None)
+            .with_max_message_bytes(1000);
+        let big = json!({"events": [
+            {"id": "small", "type": "t"},
+            {"id": "big", "type": "t", "data": {"x": "y".repeat(2000)}}
+        ]});
+        let subs = parse_submission(&big, clock.now()).unwrap();
+        match inbound.accept(subs).await {
+            Err(InboundError::TooLarge { index: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Nothing of the batch is held: both ids can be sent again.
+        assert!(store.get("small").await.unwrap().is_none());
+        assert!(store.get("big").await.unwrap().is_none());
+        let ok = parse_submission(&json!({"id": "small", "type": "t"}), clock.now()).unwrap();
+        assert_eq!(inbound.accept(ok).await.unwrap()[0].1, Accepted::Accepted);
     }
 }

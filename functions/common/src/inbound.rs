@@ -16,7 +16,9 @@ pub fn router(ctx: &Context) -> axum::Router {
             ctx.aws.queue.clone(),
             ctx.clock.clone(),
             None,
-        ),
+        )
+        // SQS takes at most 256 KiB a message; leave room for the job's envelope.
+        .with_max_message_bytes(250 * 1024),
         events: store.clone(),
         deliveries: store,
         credentials: ctx.aws.credentials.clone(),
