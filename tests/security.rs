@@ -257,7 +257,7 @@ async fn signed_routes_take_valid_signatures_only() {
         .await;
     assert_eq!(
         (s, a["error"]["code"].clone()),
-        (401, json!("invalid_signature"))
+        (401, json!("signature_replayed"))
     );
     assert!(
         a["error"]["message"]
@@ -605,4 +605,27 @@ async fn an_allowed_name_that_resolves_to_a_private_address_is_refused_before_th
         d[0]["last_error"].as_str().unwrap().contains("loopback"),
         "{d:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_host_is_called_on_the_addresses_that_were_checked() {
+    let collector = Collector::start().await;
+    let port = collector.url.rsplit(':').next().unwrap().to_string();
+    let rules = format!(
+        "  - name: hook\n    on: [t.x]\n    actions:\n      - webhook: {{url: \"http://localhost:{port}/named\"}}\n"
+    );
+    let r = TestRelay::start(
+        &config_yaml("http://127.0.0.1:9/api/v3", &rules),
+        bundle(true),
+    )
+    .await;
+    assert_eq!(
+        r.post("/v1/events", &json!({"id": "n-1", "type": "t.x"}))
+            .await
+            .0,
+        202
+    );
+    let d = r.wait_settled("n-1", 1).await;
+    assert_eq!(d[0]["status"], "sent", "{d:?}");
+    assert_eq!(collector.received()[0].uri, "/named");
 }

@@ -589,6 +589,7 @@ impl Dispatcher {
                 ],
                 body: Some(body.clone()),
                 timeout: self.config.delivery.timeout.get(),
+                pinned: None,
             };
             self.pacer.wait("smartemailing").await;
             report.calls += 1;
@@ -659,21 +660,25 @@ impl Dispatcher {
         };
         let host = parsed.host_str().unwrap_or_default().to_string();
         let port = parsed.port_or_known_default().unwrap_or(443);
-        if let Err(e) = crate::outbound::check_resolved(&host, port, &self.config.outbound).await {
-            return match e {
-                crate::outbound::OutboundError::Unresolved(_) => Outcome::Retry {
-                    reason: e.to_string(),
-                    response: None,
-                    retry_after: None,
-                    overload: false,
-                },
-                other => Outcome::Permanent {
-                    reason: other.to_string(),
-                    response: None,
-                    status: None,
-                },
-            };
-        }
+        let addrs = match crate::outbound::check_resolved(&host, port, &self.config.outbound).await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                return match e {
+                    crate::outbound::OutboundError::Unresolved(_) => Outcome::Retry {
+                        reason: e.to_string(),
+                        response: None,
+                        retry_after: None,
+                        overload: false,
+                    },
+                    other => Outcome::Permanent {
+                        reason: other.to_string(),
+                        response: None,
+                        status: None,
+                    },
+                }
+            }
+        };
         let target = format!("http:{}", host_of(url));
         self.pacer.wait(&target).await;
         report.calls += 1;
@@ -685,6 +690,7 @@ impl Dispatcher {
                 headers: all,
                 body: body.map(|b| b.as_bytes().to_vec()),
                 timeout: self.config.delivery.timeout.get(),
+                pinned: Some((host.clone(), addrs)),
             })
             .await;
         let outcome = classify(Target::Http, &result, self.clock.now());

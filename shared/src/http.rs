@@ -196,12 +196,25 @@ async fn verify_signed(state: &AppState, signers: &[String], req: Request, next:
         state.seen_ids.as_ref(),
     );
     match verdict {
-        Ok(_) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+        Ok(id) => {
+            let id = id.to_string();
+            let resp = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+            if resp.status().is_server_error() {
+                // Not stored: the sender's retry with the same id must be taken.
+                state.seen_ids.forget(&id);
+            }
+            resp
         }
-        Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string())
-            .into_response(),
+        Err(e) => {
+            let code = if e == crate::signature::SignatureError::Replayed {
+                "signature_replayed"
+            } else {
+                "invalid_signature"
+            };
+            ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string()).into_response()
+        }
     }
 }
 

@@ -207,6 +207,9 @@ pub struct HttpRequest {
     pub body: Option<Vec<u8>>,
     /// How long the whole call may take.
     pub timeout: Duration,
+    /// Connect only to these addresses for the URL's host (the ones an outbound check
+    /// approved), so a second DNS answer cannot redirect the call.
+    pub pinned: Option<(String, Vec<std::net::SocketAddr>)>,
 }
 
 /// An HTTP answer.

@@ -31,8 +31,22 @@ impl Transport for ReqwestTransport {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|e| TransportError::Invalid(e.to_string()))?;
-        let mut builder = self
-            .client
+        // A call pinned to checked addresses gets a client that resolves the host to them
+        // and nothing else (no second lookup a rebinding DNS could answer differently).
+        let pinned_client;
+        let client = match &request.pinned {
+            Some((host, addrs)) if host.parse::<std::net::IpAddr>().is_err() => {
+                pinned_client = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("smartemailing-relay/", env!("CARGO_PKG_VERSION")))
+                    .resolve_to_addrs(host, addrs)
+                    .build()
+                    .map_err(|e| TransportError::Invalid(e.to_string()))?;
+                &pinned_client
+            }
+            _ => &self.client,
+        };
+        let mut builder = client
             .request(method, &request.url)
             .timeout(request.timeout);
         for (k, v) in &request.headers {
