@@ -11,7 +11,7 @@ use relay_shared::event::parse_event;
 use relay_shared::http::{preview, DEFAULT_BODY_LIMIT};
 use relay_shared::local::runner::{start, RunnerOptions};
 use relay_shared::local::sqlite::SqliteStore;
-use relay_shared::ports::{Credentials, DeliveryFilter, DeliveryStore};
+use relay_shared::ports::{Credentials, DeliveryFilter, DeliveryStore, EventStore, Queue};
 use relay_shared::rules::{render_event, NotRendered};
 use relay_shared::secrets::{secret_env_name, StaticCredentials};
 use relay_shared::transport::ReqwestTransport;
@@ -93,6 +93,10 @@ enum Command {
         /// Directory of the SQLite state.
         #[arg(long, default_value = ".relay")]
         state: PathBuf,
+        /// Read the deployed relay's DynamoDB table instead (TABLE_NAME, DISPATCH_QUEUE_URL,
+        /// RENDER_QUEUE_URL from the stack's outputs; a build with `--features aws`).
+        #[arg(long)]
+        aws: bool,
     },
     /// Birthday campaigns.
     Birthdays {
@@ -118,6 +122,10 @@ enum Command {
         /// Directory of the SQLite state.
         #[arg(long, default_value = ".relay")]
         state: PathBuf,
+        /// Replay on the deployed relay: DynamoDB records back to pending, jobs onto the
+        /// dispatch queue (TABLE_NAME, DISPATCH_QUEUE_URL, RENDER_QUEUE_URL; `--features aws`).
+        #[arg(long)]
+        aws: bool,
     },
 }
 
@@ -226,7 +234,18 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
             limit,
             json,
             state,
-        } => deliveries(status, rule, since, limit, json, &state).await,
+            aws,
+        } => {
+            deliveries(
+                status,
+                rule,
+                since,
+                limit,
+                json,
+                &open_stores(&state, aws).await?,
+            )
+            .await
+        }
         Command::Birthdays {
             command:
                 BirthdaysCommand::Run {
@@ -242,7 +261,11 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
             since,
             config,
             state,
-        } => replay_cmd(ids, all_dead, rule, since, &config, &state).await,
+            aws,
+        } => {
+            let stores = open_stores(&state, aws).await?;
+            replay_cmd(ids, all_dead, rule, since, &config, &stores).await
+        }
     }
 }
 
@@ -487,13 +510,61 @@ fn open_store(state: &Path) -> Result<SqliteStore, Failure> {
     SqliteStore::open(state, Arc::new(SystemClock)).map_err(internal)
 }
 
+/// The stores a command works on: the local SQLite state, or the deployed relay's.
+struct Stores {
+    events: Arc<dyn EventStore>,
+    deliveries: Arc<dyn DeliveryStore>,
+    queue: Arc<dyn Queue>,
+}
+
+async fn open_stores(state: &Path, aws: bool) -> Result<Stores, Failure> {
+    if aws {
+        return open_aws_stores().await;
+    }
+    let store = Arc::new(open_store(state)?);
+    Ok(Stores {
+        events: store.clone(),
+        deliveries: store.clone(),
+        queue: store,
+    })
+}
+
+#[cfg(feature = "aws")]
+async fn open_aws_stores() -> Result<Stores, Failure> {
+    use relay_shared::aws::{sdk_config, AwsAdapters, AwsSettings};
+    // The secret is not needed here; only the table and the queues are.
+    let settings = AwsSettings::from_lookup(|k| match k {
+        "SECRET_ID" => Some(std::env::var(k).unwrap_or_else(|_| "unused".into())),
+        _ => std::env::var(k).ok(),
+    })
+    .map_err(|e| {
+        user(anyhow!(
+            "{e}: export it from the stack's outputs (see docs/aws.md)"
+        ))
+    })?;
+    let sdk = sdk_config().await;
+    let adapters = AwsAdapters::new(&sdk, &settings, Arc::new(SystemClock));
+    Ok(Stores {
+        events: adapters.store.clone(),
+        deliveries: adapters.store,
+        queue: adapters.queue,
+    })
+}
+
+#[cfg(not(feature = "aws"))]
+async fn open_aws_stores() -> Result<Stores, Failure> {
+    Err(user(anyhow!(
+        "this relay was built without AWS support: run it as `cargo run --features aws -- <command> --aws`"
+    )))
+}
+
 async fn deliveries(
     status: Option<String>,
     rule: Option<String>,
     since: Option<String>,
     limit: usize,
     json: bool,
-    state: &Path,
+    stores: &Stores,
 ) -> Result<ExitCode, Failure> {
     let filter = DeliveryFilter {
         status: parse_status(status)?,
@@ -501,8 +572,7 @@ async fn deliveries(
         since_ms: parse_since(since)?,
         limit,
     };
-    let store = open_store(state)?;
-    let list = store.list(&filter).await.map_err(internal)?;
+    let list = stores.deliveries.list(&filter).await.map_err(internal)?;
     if json {
         for d in &list {
             let mut v = d.to_api();
@@ -543,7 +613,7 @@ async fn replay_cmd(
     rule: Option<String>,
     since: Option<String>,
     config_path: &Path,
-    state: &Path,
+    stores: &Stores,
 ) -> Result<ExitCode, Failure> {
     if ids.is_empty() && !all_dead {
         return Err(user(anyhow!(
@@ -551,7 +621,6 @@ async fn replay_cmd(
         )));
     }
     let config = load_config(config_path)?;
-    let store = open_store(state)?;
     let mut targets: Vec<DeliveryId> = ids.into_iter().map(DeliveryId::from_stored).collect();
     if all_dead {
         let filter = DeliveryFilter {
@@ -561,7 +630,8 @@ async fn replay_cmd(
             limit: 0,
         };
         targets.extend(
-            store
+            stores
+                .deliveries
                 .list(&filter)
                 .await
                 .map_err(internal)?
@@ -572,9 +642,16 @@ async fn replay_cmd(
     let total = targets.len();
     let mut queued = 0usize;
     for (i, chunk) in targets.chunks(100).enumerate() {
-        let done = replay(&config, &store, &store, &store, chunk, SystemClock.now())
-            .await
-            .map_err(internal)?;
+        let done = replay(
+            &config,
+            stores.events.as_ref(),
+            stores.deliveries.as_ref(),
+            stores.queue.as_ref(),
+            chunk,
+            SystemClock.now(),
+        )
+        .await
+        .map_err(internal)?;
         queued += done.len();
         eprintln!(
             "replay: {}/{} looked at, {} queued",
