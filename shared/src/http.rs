@@ -74,6 +74,24 @@ impl ApiError {
     }
 }
 
+/// `503 unavailable`: the store or the secrets could not be reached; the caller should retry.
+fn unavailable() -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "try again shortly",
+    )
+    .into_response()
+}
+
+/// Reads and parses a JSON body within the limits, or the error answer to give.
+async fn read_json(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, Response> {
+    let (bytes, _) = read_body(state, headers, body, false)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    parse_json(&bytes).map_err(IntoResponse::into_response)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut err = json!({"code": self.code, "message": self.message});
@@ -136,12 +154,7 @@ async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Nex
         Ok(k) => k,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the API keys");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "try again shortly",
-            )
-            .into_response();
+            return unavailable();
         }
     };
     match presented {
@@ -168,12 +181,7 @@ async fn verify_signed(state: &AppState, signers: &[String], req: Request, next:
             Ok(None) => tracing::error!(secret = %name, "a signing secret is not set"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the signing secrets");
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "try again shortly",
-                )
-                .into_response();
+                return unavailable();
             }
         }
     }
@@ -389,13 +397,9 @@ async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (bytes, _) = match read_body(&state, &headers, body, false).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let value = match parse_json(&bytes) {
+    let value = match read_json(&state, &headers, body).await {
         Ok(v) => v,
-        Err(e) => return e.into_response(),
+        Err(answer) => return answer,
     };
     let batch = value.get("events").is_some() && value.get("type").is_none();
     match parse_submission(&value, state.clock.now()) {
@@ -417,24 +421,14 @@ async fn get_event(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot read an event");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "try again shortly",
-            )
-            .into_response();
+            return unavailable();
         }
     };
     let deliveries = match state.deliveries.for_event(&id).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot read deliveries");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "try again shortly",
-            )
-            .into_response();
+            return unavailable();
         }
     };
     let received_at = Utc
@@ -456,13 +450,9 @@ async fn post_preview(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (bytes, _) = match read_body(&state, &headers, body, false).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let value = match parse_json(&bytes) {
+    let value = match read_json(&state, &headers, body).await {
         Ok(v) => v,
-        Err(e) => return e.into_response(),
+        Err(answer) => return answer,
     };
     let now = state.clock.now();
     let event = match parse_event(&value, "", now) {
