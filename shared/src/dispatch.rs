@@ -229,7 +229,7 @@ pub struct Dispatcher {
 }
 
 struct Work {
-    handle: String,
+    message: Message,
     record: DeliveryRecord,
 }
 
@@ -282,10 +282,10 @@ impl Dispatcher {
         let mut to_ack: Vec<String> = Vec::new();
         let mut chains: Vec<(EventId, String, u32)> = Vec::new();
 
-        let mut jobs: Vec<(String, DeliveryId)> = Vec::new();
+        let mut jobs: Vec<(Message, DeliveryId)> = Vec::new();
         for m in messages {
             match serde_json::from_str::<DispatchJob>(&m.body) {
-                Ok(job) => jobs.push((m.handle, job.delivery)),
+                Ok(job) => jobs.push((m, job.delivery)),
                 Err(e) => {
                     tracing::error!(error = %e, "dropping an unreadable dispatch message");
                     to_ack.push(m.handle);
@@ -303,7 +303,8 @@ impl Dispatcher {
 
         let mut work: Vec<Work> = Vec::new();
         let mut seen = HashSet::new();
-        for (handle, id) in jobs {
+        for (message, id) in jobs {
+            let handle = message.handle.clone();
             let Some(record) = records.remove(&id) else {
                 if seen.contains(&id) {
                     report.duplicates += 1;
@@ -339,7 +340,7 @@ impl Dispatcher {
                     report.retried_handles.push(handle.clone());
                     if let Err(e) = self
                         .queue
-                        .retry_after(QueueName::Dispatch, &handle, delay)
+                        .requeue_many(QueueName::Dispatch, &[(message, delay)])
                         .await
                     {
                         tracing::error!(error = %e, delivery = %record.id, "could not hold a timer; the queue will redeliver it");
@@ -357,7 +358,7 @@ impl Dispatcher {
                 to_ack.push(handle);
                 continue;
             }
-            work.push(Work { handle, record });
+            work.push(Work { message, record });
         }
 
         let creds = self
@@ -383,7 +384,7 @@ impl Dispatcher {
                     w.record.rule.clone(),
                     w.record.chain_depth,
                 ));
-                to_ack.push(w.handle);
+                to_ack.push(w.message.handle);
             }
         } else {
             // Group by bulk key, keeping the order deliveries arrived in.
@@ -441,15 +442,12 @@ impl Dispatcher {
                     let records: Vec<DeliveryRecord> =
                         settled.iter().map(|(w, _)| w.record.clone()).collect();
                     self.deliveries.save_many(&records).await?;
-                    let retries: Vec<(String, Duration)> = settled
+                    let retries: Vec<(Message, Duration)> = settled
                         .iter()
-                        .filter_map(|(w, r)| r.map(|d| (w.handle.clone(), d)))
+                        .filter_map(|(w, r)| r.map(|d| (w.message.clone(), d)))
                         .collect();
                     if !retries.is_empty() {
-                        if let Err(e) = self
-                            .queue
-                            .retry_after_many(QueueName::Dispatch, &retries)
-                            .await
+                        if let Err(e) = self.queue.requeue_many(QueueName::Dispatch, &retries).await
                         {
                             tracing::error!(error = %e, "could not schedule retries; the queue will redeliver");
                         }
@@ -460,7 +458,7 @@ impl Dispatcher {
                         }
                         match retry {
                             Some(_) => {
-                                report.retried_handles.push(w.handle.clone());
+                                report.retried_handles.push(w.message.handle.clone());
                             }
                             None => {
                                 if w.record.status.is_success() {
@@ -470,7 +468,7 @@ impl Dispatcher {
                                         w.record.chain_depth,
                                     ));
                                 }
-                                to_ack.push(w.handle);
+                                to_ack.push(w.message.handle);
                             }
                         }
                     }
@@ -742,10 +740,10 @@ impl Dispatcher {
         self.deliveries.save(&w.record).await?;
         let delay = Duration::from_millis((due - now_ms).max(0) as u64);
         report.waiting += 1;
-        report.retried_handles.push(w.handle.clone());
+        report.retried_handles.push(w.message.handle.clone());
         if let Err(e) = self
             .queue
-            .retry_after(QueueName::Dispatch, &w.handle, delay)
+            .requeue_many(QueueName::Dispatch, &[(w.message.clone(), delay)])
             .await
         {
             tracing::error!(error = %e, delivery = %w.record.id, "could not hold a delivery; the queue will redeliver it");

@@ -163,6 +163,19 @@ pub trait Queue: Send + Sync {
         handle: &str,
         delay: Duration,
     ) -> Result<(), QueueError>;
+    /// Puts received messages back to be seen again after their delays: a retry, a hold
+    /// while a circuit is open, a timer not yet due. Unlike `retry_after`, the queue has the
+    /// message itself, so it may send a fresh copy and delete the old one (SQS counts every
+    /// receive of a message towards its dead-letter limit; a long wait must not use it up).
+    async fn requeue_many(
+        &self,
+        queue: QueueName,
+        items: &[(Message, Duration)],
+    ) -> Result<(), QueueError> {
+        let retries: Vec<(String, Duration)> =
+            items.iter().map(|(m, d)| (m.handle.clone(), *d)).collect();
+        self.retry_after_many(queue, &retries).await
+    }
     /// Schedules several retries (a queue may do it in one round trip).
     async fn retry_after_many(
         &self,

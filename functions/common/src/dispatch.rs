@@ -133,14 +133,15 @@ impl DispatchHandler {
             match at {
                 Some(at) => {
                     let wait = Duration::from_millis((at - now_ms).max(0) as u64);
+                    let handle = m.handle.clone();
                     if let Err(e) = self
                         .queue
-                        .retry_after(QueueName::Dispatch, &m.handle, wait)
+                        .requeue_many(QueueName::Dispatch, &[(m, wait)])
                         .await
                     {
                         tracing::warn!(error = %e, "cannot hide an early retry; it will be seen again");
                     }
-                    deferred.push(m.handle);
+                    deferred.push(handle);
                 }
                 None => ready.push(m),
             }

@@ -24,6 +24,10 @@ pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600 - 10 * 60);
 /// How much of a reason a dead letter's attribute carries.
 const REASON_CHARS: usize = 1000;
+/// A message received this often is sent again as a fresh copy when it has to wait once
+/// more, so long waits (an open circuit, a timer, late retries) never reach the queue's
+/// dead-letter limit (`maxReceiveCount`, 30 in template.yaml).
+pub const REFRESH_AFTER_RECEIVES: u32 = 10;
 
 /// The queues' URLs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,6 +309,48 @@ impl Queue for SqsQueue {
             Err(QueueError {
                 failed,
                 message: messages.join("; "),
+            })
+        }
+    }
+
+    async fn requeue_many(
+        &self,
+        queue: QueueName,
+        items: &[(Message, Duration)],
+    ) -> Result<(), QueueError> {
+        let mut failed = Vec::new();
+        let mut problems = Vec::new();
+        for (i, (message, delay)) in items.iter().enumerate() {
+            let result = if message.receive_count >= REFRESH_AFTER_RECEIVES {
+                // A fresh copy starts its receive count again. It is sent before the old
+                // one is deleted: a failure in between leaves two copies, which the
+                // dispatcher tells apart (never two sends), never none.
+                match self
+                    .send_to(
+                        self.url(queue),
+                        std::slice::from_ref(&message.body),
+                        *delay,
+                        None,
+                    )
+                    .await
+                {
+                    Ok(()) => self.ack(queue, std::slice::from_ref(&message.handle)).await,
+                    Err(_) => self.retry_after(queue, &message.handle, *delay).await,
+                }
+            } else {
+                self.retry_after(queue, &message.handle, *delay).await
+            };
+            if let Err(e) = result {
+                failed.push(i);
+                problems.push(e.message);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(QueueError {
+                failed,
+                message: problems.join("; "),
             })
         }
     }
