@@ -477,10 +477,21 @@ impl Dispatcher {
         }
 
         let mut done = HashSet::new();
+        let mut steps = Vec::new();
         for (event, rule, depth) in chains {
             if done.insert((event.clone(), rule.clone())) {
-                self.chain(&event, &rule, depth).await?;
+                steps.extend(self.chain(&event, &rule, depth).await?);
             }
+        }
+        if !steps.is_empty() {
+            // Every chain step of the pass in one write: one commit per pass, not one per
+            // event (it was the largest cost of a pass). A failure leaves the messages
+            // unacknowledged, so the pass is redone and the steps enqueued again (harmless:
+            // delivery ids are derived from the event).
+            self.queue
+                .send(QueueName::Render, steps, Duration::ZERO)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
         if !to_ack.is_empty() {
             if let Err(e) = self.queue.ack(QueueName::Dispatch, &to_ack).await {
@@ -831,18 +842,19 @@ impl Dispatcher {
         }
     }
 
-    /// Enqueues a rule's `then` rules once every one of its actions for the event succeeded.
+    /// The render jobs of a rule's `then` rules, once every one of its actions for the event
+    /// succeeded (none otherwise).
     async fn chain(
         &self,
         event_id: &EventId,
         rule_name: &str,
         depth: u32,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let Some(rule) = self.config.rule(rule_name) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if rule.then.is_empty() || depth as usize >= self.config.max_chain_depth() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mine: Vec<DeliveryRecord> = self
             .deliveries
@@ -852,11 +864,11 @@ impl Dispatcher {
             .filter(|d| d.rule == rule_name)
             .collect();
         if mine.len() < rule.actions.len() || !mine.iter().all(|d| d.status.is_success()) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let Some(record) = self.events.get(event_id.as_str()).await? else {
             tracing::warn!(event = %event_id, "cannot chain: the event is no longer stored");
-            return Ok(());
+            return Ok(Vec::new());
         };
         let event: Event =
             serde_json::from_value(record.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -873,10 +885,7 @@ impl Dispatcher {
             bodies
                 .push(serde_json::to_string(&job).map_err(|e| StoreError::Corrupt(e.to_string()))?);
         }
-        self.queue
-            .send(QueueName::Render, bodies, Duration::ZERO)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+        Ok(bodies)
     }
 }
 
