@@ -122,6 +122,17 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state; utime and stime
+    // are the 14th and 15th fields, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// Something that takes `POST /v1/events`: `relay serve` in a child process, or the baseline.
 enum Target {
     Relay {
@@ -144,6 +155,17 @@ impl Target {
     fn stop(self) {
         match self {
             Target::Relay { mut child, .. } => {
+                // SIGTERM first (a profiler wrapping the relay then writes its data), then
+                // SIGKILL if it has not exited within five seconds.
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                for _ in 0..50 {
+                    if matches!(child.try_wait(), Ok(Some(_))) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -391,6 +413,7 @@ async fn scenario(name: &str, imp: &str, shape: Shape, relay_bin: &Path) -> anyh
     };
     let delivered_s = t0.elapsed().as_secs_f64();
     let rss = target.pid().and_then(peak_rss_kib);
+    let cpu = target.pid().and_then(cpu_seconds);
     target.stop();
     let requests = se.requests();
     let triggers = se.triggered_events().len();
@@ -426,6 +449,8 @@ async fn scenario(name: &str, imp: &str, shape: Shape, relay_bin: &Path) -> anyh
         "se_trigger_calls_per_1000_trigger_events": if triggers > 0 { json!(trigger_calls as f64 * 1000.0 / triggers as f64) } else { Value::Null },
         "se_calls_per_1000_events": requests.len() as f64 * 1000.0 / sent.events as f64,
         "peak_rss_mib": rss.map(|k| k as f64 / 1024.0),
+        "relay_cpu_s": cpu,
+        "wall_s": delivered_s,
         "load_avg_1m": load_avg(),
     });
     Ok(result)
@@ -441,7 +466,7 @@ fn load_avg() -> Option<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; a name filter may follow.
+    // `cargo bench` passes `--bench`; filters may follow: `relay`, `batch1`, `naive/rate1000`.
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -494,7 +519,7 @@ fn main() -> anyhow::Result<()> {
     for (name, shape) in scenarios {
         for imp in ["relay", "naive"] {
             let key = format!("{imp}/{name}");
-            if !filter.is_empty() && !filter.iter().any(|f| key.contains(f.as_str())) {
+            if !filter.is_empty() && !filter.iter().any(|f| f == &key || f == imp || f == name) {
                 continue;
             }
             let r = rt.block_on(scenario(name, imp, shape, &relay_bin))?;

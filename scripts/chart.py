@@ -3,6 +3,9 @@
 
     python3 scripts/chart.py RESULTS_DIR docs/throughput.svg
 
+Also writes RESULTS_DIR/table.md: the numbers of every result file as the rows of
+BENCHMARKS.md's table, each against its budget.
+
 Left: accepted and delivered events/s of `relay serve` and of the baseline (one
 SmartEmailing call per delivery, no coalescing) in each scenario, with the 5 000 events/s
 budget. Right: SmartEmailing calls per 1 000 trigger events (log scale), with the budget of 3.
@@ -18,6 +21,67 @@ RELAY = "#1f77b4"
 NAIVE = "#ff7f0e"
 BUDGET_RATE = 5000
 BUDGET_CALLS = 3
+
+
+def jsonl(results, name):
+    path = pathlib.Path(results) / name
+    if not path.exists():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def verdict(ok):
+    return "pass" if ok else "**miss**"
+
+
+def table(results):
+    """Markdown rows: what, figure, baseline, ratio (relay ÷ baseline), budget, verdict."""
+    rows = []
+    micro = {(r["group"], r["name"]): r for r in jsonl(results, "micro.jsonl")}
+    for (group, name), r in sorted(micro.items()):
+        us = r["mean_ns"] / 1000
+        figure = f"{us:.2f} µs" if us >= 1 else f"{r['mean_ns']:.0f} ns"
+        if r.get("elements"):
+            figure += f" ({r['mean_ns'] / r['elements']:.0f} ns/item)"
+        budget, ok = "", None
+        if group == "pipeline":
+            budget, ok = "< 50 µs", us < 50
+        rows.append((f"`{group}/{name}`", figure, "", "", budget, ok))
+    load_rows = {(r["impl"], r["scenario"]): r for r in jsonl(results, "load.jsonl")}
+    for s in ("batch100", "batch1", "rate1000"):
+        relay, naive = load_rows.get(("relay", s)), load_rows.get(("naive", s))
+        if not relay:
+            continue
+        n = naive or {}
+        for key, label, unit, budget, better, check in (
+            ("accepted_events_per_s", "accepted", "events/s", ">= 5 000" if s != "rate1000" else "", "higher", lambda v: v >= 5000),
+            ("delivered_events_per_s", "delivered", "events/s", ">= 5 000" if s != "rate1000" else "", "higher", lambda v: v >= 5000),
+            ("se_trigger_calls_per_1000_trigger_events", "SmartEmailing /trigger-event calls per 1 000 triggers", "", "<= 3", "lower", lambda v: v <= 3),
+            ("p50", "accept latency p50", "ms", "", "lower", None),
+            ("p99", "accept latency p99", "ms", "< 10 ms" if s == "rate1000" else "", "lower", lambda v: v < 10),
+            ("peak_rss_mib", "peak RSS", "MiB", "< 64 MB" if s == "rate1000" else "", "lower", lambda v: v < 64),
+        ):
+            get = (lambda r: r.get("accept_latency_ms", {}).get(key)) if key in ("p50", "p99") else (lambda r: r.get(key))
+            v, b = get(relay), get(n)
+            if not isinstance(v, (int, float)):
+                continue
+            ratio = ""
+            if isinstance(b, (int, float)) and b and v:
+                # relay ÷ baseline; `better` says which way is good.
+                ratio = f"{v / b:.3g}× ({better} is better)"
+            ok = check(v) if (budget and check) else None
+            rows.append((f"{s}: {label}", f"{fmt(v)} {unit}".strip(), f"{fmt(b)} {unit}".strip() if isinstance(b, (int, float)) else "n/a", ratio, budget, ok))
+    for r in jsonl(results, "lambda.jsonl"):
+        f = r["function"]
+        if r["bench"] == "lambda":
+            rows.append((f"{f}: init (median of {r['init_samples']}; max)", f"{r['init_ms_median']:.1f} ms; {r['init_ms_max']:.1f} ms", "", "", "< 50 ms", r["init_ms_max"] < 50))
+            rows.append((f"{f}: binary / zipped", f"{r['binary_bytes'] / 1e6:.2f} MB / {r['zipped_bytes'] / 1e6:.2f} MB", "", "", "zipped < 6 MB", r["zipped_bytes"] < 6e6))
+        else:
+            rows.append((f"{f}: invoke `{r['fixture']}` (first; warm median, max)", f"{r['first_invoke_ms']:.1f} ms; {r['warm_invoke_ms_median']:.1f} ms, {r['warm_invoke_ms_max']:.1f} ms", "", "", "", None))
+    out = ["| what | figure | baseline | relay ÷ baseline | budget | verdict |", "|---|---|---|---|---|---|"]
+    for what, fig, base, ratio, budget, ok in rows:
+        out.append(f"| {what} | {fig} | {base} | {ratio} | {budget} | {'' if ok is None else verdict(ok)} |")
+    return "\n".join(out) + "\n"
 
 
 def load(results):
@@ -56,7 +120,7 @@ def main(results, out):
     }
     metrics = [("accepted_events_per_s", "accepted"), ("delivered_events_per_s", "delivered")]
     parts = []
-    w, h = 960, 420
+    w, h = 960, 440
     parts.append(
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
         f'viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif">'
@@ -80,7 +144,7 @@ def main(results, out):
     while tick <= top:
         y = y0 + ph - tick / top * ph
         parts.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>')
-        parts.append(text(x0 - 6, y + 4, fmt(tick), 10, "end", fill="#666"))
+        parts.append(text(x0 - 6, y + 4, fmt(tick) if tick else "0", 10, "end", fill="#666"))
         tick += step
     parts.append(text(x0, y0 - 10, "events/s", 12, fill="#444"))
     group_w = pw / max(len(scenarios), 1)
@@ -160,6 +224,7 @@ def main(results, out):
     parts.append("</svg>")
     pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(out).write_text("\n".join(parts) + "\n")
+    (pathlib.Path(results) / "table.md").write_text(table(results))
 
 
 if __name__ == "__main__":
