@@ -4,7 +4,7 @@
 use crate::clock::Clock;
 use crate::event::{EventId, Submitted};
 use crate::idempotency::{Begin, EventRecord, RecordStatus, EVENT_RETENTION, IN_PROGRESS_LEASE};
-use crate::ports::{EventStore, Queue, StoreError};
+use crate::ports::{AtomicAccept, EventStore, Queue, StoreError};
 use crate::queue::{QueueName, RenderJob};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +73,7 @@ pub struct Inbound {
     clock: Arc<dyn Clock>,
     wake: Option<Arc<Notify>>,
     max_message_bytes: Option<usize>,
+    atomic: Option<Arc<dyn AtomicAccept>>,
 }
 
 impl Inbound {
@@ -96,7 +97,15 @@ impl Inbound {
             clock,
             wake,
             max_message_bytes: None,
+            atomic: None,
         }
+    }
+
+    /// Claims and enqueues in one commit through a store that can (the local store, which
+    /// folds concurrent requests into one commit): one `fsync` for many requests.
+    pub fn with_atomic(mut self, store: Arc<dyn AtomicAccept>) -> Self {
+        self.atomic = Some(store);
+        self
     }
 
     /// Accepts validated events: one outcome per event, in order.
@@ -131,6 +140,11 @@ impl Inbound {
                 expires_at: now.timestamp() + EVENT_RETENTION.as_secs() as i64,
             })
             .collect();
+        if let Some(atomic) = &self.atomic {
+            return self
+                .accept_in_one_commit(atomic.as_ref(), &submitted, records, now_ms)
+                .await;
+        }
         let claims = self.events.begin_many(&records, now_ms).await?;
         // Claims that started are ours to release if anything below refuses the batch.
         for (index, claim) in claims.iter().enumerate() {
@@ -231,6 +245,63 @@ impl Inbound {
         Ok(outcomes)
     }
 
+    async fn accept_in_one_commit(
+        &self,
+        atomic: &dyn AtomicAccept,
+        submitted: &[Submitted],
+        mut records: Vec<EventRecord>,
+        now_ms: i64,
+    ) -> Result<Vec<(EventId, Accepted)>, InboundError> {
+        let mut bodies = Vec::with_capacity(submitted.len());
+        for (i, sub) in submitted.iter().enumerate() {
+            let body = serde_json::to_string(&RenderJob {
+                event: sub.event.clone(),
+                rules: None,
+                depth: 0,
+                after_ms: None,
+            })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(limit) = self.max_message_bytes {
+                if body.len() > limit {
+                    return Err(InboundError::TooLarge {
+                        index: i,
+                        id: sub.event.id.clone(),
+                        limit,
+                    });
+                }
+            }
+            bodies.push(body);
+        }
+        for r in &mut records {
+            r.status = RecordStatus::Completed;
+        }
+        let claims = atomic.accept_atomic(records, bodies, now_ms).await?;
+        let mut outcomes = Vec::with_capacity(claims.len());
+        let mut accepted = false;
+        for (index, (sub, claim)) in submitted.iter().zip(claims).enumerate() {
+            let id = sub.event.id.clone();
+            match claim {
+                Begin::Started => {
+                    accepted = true;
+                    outcomes.push((id, Accepted::Accepted));
+                }
+                Begin::Existing(held) if held.payload_hash != sub.payload_hash => {
+                    return Err(InboundError::KeyReused { index, id })
+                }
+                Begin::Existing(held) if held.status == RecordStatus::Completed => {
+                    outcomes.push((id, Accepted::Duplicate))
+                }
+                Begin::Existing(_) => return Err(InboundError::InProgress { index, id }),
+            }
+        }
+        if accepted {
+            if let Some(w) = &self.wake {
+                w.notify_one();
+            }
+        }
+        Ok(outcomes)
+    }
+
     async fn release_all(&self, submitted: &[Submitted], started: &[usize]) {
         for &i in started {
             if let Err(e) = self.events.release(&submitted[i].event.id).await {
@@ -269,5 +340,69 @@ mod tests {
         assert!(store.get("big").await.unwrap().is_none());
         let ok = parse_submission(&json!({"id": "small", "type": "t"}), clock.now()).unwrap();
         assert_eq!(inbound.accept(ok).await.unwrap()[0].1, Accepted::Accepted);
+    }
+
+    #[tokio::test]
+    async fn one_commit_accepts_refuse_a_batch_whole_on_a_reused_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at_ms(1_795_000_000_000));
+        let store = Arc::new(SqliteStore::open(dir.path(), clock.clone()).unwrap());
+        let inbound = Inbound::new(store.clone(), store.clone(), clock.clone(), None)
+            .with_atomic(store.clone());
+        let first = parse_submission(
+            &json!({"id": "a", "type": "t", "data": {"v": 1}}),
+            clock.now(),
+        )
+        .unwrap();
+        assert_eq!(
+            inbound.accept(first.clone()).await.unwrap()[0].1,
+            Accepted::Accepted
+        );
+        assert_eq!(
+            inbound.accept(first).await.unwrap()[0].1,
+            Accepted::Duplicate
+        );
+        let batch = parse_submission(
+            &json!({"events": [{"id": "b", "type": "t"}, {"id": "a", "type": "t", "data": {"v": 2}}]}),
+            clock.now(),
+        )
+        .unwrap();
+        match inbound.accept(batch).await {
+            Err(InboundError::KeyReused { index: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            store.get("b").await.unwrap().is_none(),
+            "nothing of a refused batch is stored"
+        );
+        assert_eq!(
+            store.queue_depth(crate::queue::QueueName::Render).unwrap(),
+            1,
+            "one job: the first accept"
+        );
+        // Many concurrent accepts share commits and each gets its own answer.
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let inbound = Arc::new(
+                Inbound::new(store.clone(), store.clone(), clock.clone(), None)
+                    .with_atomic(store.clone()),
+            );
+            let sub = parse_submission(&json!({"id": format!("c{i}"), "type": "t"}), clock.now())
+                .unwrap();
+            tasks.push(tokio::spawn(async move {
+                inbound.accept(sub).await.unwrap()[0].1
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Accepted::Accepted);
+        }
+        assert_eq!(
+            store.queue_depth(crate::queue::QueueName::Render).unwrap(),
+            51
+        );
+        assert_eq!(
+            store.get("c7").await.unwrap().unwrap().status,
+            RecordStatus::Completed
+        );
     }
 }

@@ -63,6 +63,21 @@ pub trait EventStore: Send + Sync {
     async fn get(&self, id: &str) -> Result<Option<EventRecord>, StoreError>;
 }
 
+/// A store that can claim events and enqueue their render jobs in one commit (the local
+/// store; DynamoDB and SQS cannot share a transaction).
+#[async_trait]
+pub trait AtomicAccept: Send + Sync {
+    /// Claims `records` and enqueues `bodies[i]` for each record claimed, in one commit, the
+    /// records stored COMPLETED. When any claim meets a conflict (the same id with another
+    /// payload hash, or held IN_PROGRESS), nothing of this call is stored. Returns the claims.
+    async fn accept_atomic(
+        &self,
+        records: Vec<EventRecord>,
+        bodies: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Vec<Begin>, StoreError>;
+}
+
 /// Which deliveries to list.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {

@@ -78,7 +78,20 @@ CREATE TABLE IF NOT EXISTS meta (
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     clock: Arc<dyn Clock>,
+    /// The group-commit writer for accepts, started on first use.
+    writer: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<AcceptJob>>>,
 }
+
+/// One `accept_atomic` call waiting for the writer.
+struct AcceptJob {
+    records: Vec<EventRecord>,
+    bodies: Vec<String>,
+    now_ms: i64,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Begin>, StoreError>>,
+}
+
+/// The most accept calls folded into one commit.
+const GROUP_COMMIT_MAX: usize = 512;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +126,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             clock,
+            writer: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -227,6 +241,133 @@ impl SqliteStore {
                 |r| r.get::<_, Option<i64>>(0),
             )
             .map_err(unavailable)
+    }
+}
+
+/// The group-commit writer: takes every accept waiting, claims and enqueues them all in one
+/// transaction (one `fsync` for the lot), answers each. It runs on its own thread, so the
+/// commit never blocks the async workers; it ends when the store is dropped.
+fn accept_writer(conn: Arc<Mutex<Connection>>, jobs: std::sync::mpsc::Receiver<AcceptJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        let result = {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            commit_group(&mut c, &group)
+        };
+        match result {
+            Ok(all) => {
+                for (job, claims) in group.into_iter().zip(all) {
+                    let _ = job.reply.send(Ok(claims));
+                }
+            }
+            Err(e) => {
+                for job in group {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn commit_group(conn: &mut Connection, group: &[AcceptJob]) -> Result<Vec<Vec<Begin>>, StoreError> {
+    let tx = conn.transaction().map_err(unavailable)?;
+    let mut out = Vec::with_capacity(group.len());
+    {
+        let mut select = tx
+            .prepare_cached("SELECT * FROM events WHERE id = ?1")
+            .map_err(unavailable)?;
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO events (id, type, payload_hash, body, received_at, status, in_progress_until, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(unavailable)?;
+        let mut enqueue = tx
+            .prepare_cached("INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)")
+            .map_err(unavailable)?;
+        for job in group {
+            // Each call is all or nothing within the shared commit.
+            tx.execute_batch("SAVEPOINT accept").map_err(unavailable)?;
+            let mut claims = Vec::with_capacity(job.records.len());
+            let mut conflict = false;
+            for (record, body) in job.records.iter().zip(&job.bodies) {
+                let existing = select
+                    .query_row(params![record.id.as_str()], event_from_row)
+                    .optional()
+                    .map_err(unavailable)?;
+                if let Some(held) = existing {
+                    if !held.is_claimable(job.now_ms) {
+                        conflict |= held.payload_hash != record.payload_hash
+                            || held.status == RecordStatus::InProgress;
+                        claims.push(Begin::Existing(held));
+                        continue;
+                    }
+                }
+                insert
+                    .execute(params![
+                        record.id.as_str(),
+                        record.kind,
+                        record.payload_hash,
+                        record.event.to_string(),
+                        record.received_at,
+                        record.status.as_str(),
+                        record.in_progress_until,
+                        record.expires_at
+                    ])
+                    .map_err(unavailable)?;
+                enqueue
+                    .execute(params![QueueName::Render.as_str(), body, job.now_ms])
+                    .map_err(unavailable)?;
+                claims.push(Begin::Started);
+            }
+            let end = if conflict {
+                "ROLLBACK TO accept; RELEASE accept"
+            } else {
+                "RELEASE accept"
+            };
+            tx.execute_batch(end).map_err(unavailable)?;
+            out.push(claims);
+        }
+    }
+    tx.commit().map_err(unavailable)?;
+    Ok(out)
+}
+
+#[async_trait]
+impl crate::ports::AtomicAccept for SqliteStore {
+    async fn accept_atomic(
+        &self,
+        records: Vec<EventRecord>,
+        bodies: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Vec<Begin>, StoreError> {
+        let writer = self.writer.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let conn = self.conn.clone();
+            std::thread::Builder::new()
+                .name("relay-accept-writer".into())
+                .spawn(move || accept_writer(conn, rx))
+                .ok();
+            tx
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer
+            .send(AcceptJob {
+                records,
+                bodies,
+                now_ms,
+                reply,
+            })
+            .map_err(|_| StoreError::Unavailable("the accept writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the accept writer has stopped".into()))?
     }
 }
 
