@@ -279,15 +279,6 @@ fn commit_group(conn: &mut Connection, group: &[AcceptJob]) -> Result<Vec<Vec<Be
     let tx = conn.transaction().map_err(unavailable)?;
     let mut out = Vec::with_capacity(group.len());
     {
-        let mut select = tx
-            .prepare_cached("SELECT * FROM events WHERE id = ?1")
-            .map_err(unavailable)?;
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO events (id, type, payload_hash, body, received_at, status, in_progress_until, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(unavailable)?;
         let mut enqueue = tx
             .prepare_cached("INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)")
             .map_err(unavailable)?;
@@ -297,30 +288,13 @@ fn commit_group(conn: &mut Connection, group: &[AcceptJob]) -> Result<Vec<Vec<Be
             let mut claims = Vec::with_capacity(job.records.len());
             let mut conflict = false;
             for (record, body) in job.records.iter().zip(&job.bodies) {
-                let existing = select
-                    .query_row(params![record.id.as_str()], event_from_row)
-                    .optional()
-                    .map_err(unavailable)?;
-                if let Some(held) = existing {
-                    if !held.is_claimable(job.now_ms) {
-                        conflict |= held.payload_hash != record.payload_hash
-                            || held.status == RecordStatus::InProgress;
-                        claims.push(Begin::Existing(held));
-                        continue;
-                    }
+                let claim = claim_event(&tx, record, job.now_ms)?;
+                if let Begin::Existing(held) = &claim {
+                    conflict |= held.payload_hash != record.payload_hash
+                        || held.status == RecordStatus::InProgress;
+                    claims.push(claim);
+                    continue;
                 }
-                insert
-                    .execute(params![
-                        record.id.as_str(),
-                        record.kind,
-                        record.payload_hash,
-                        record.event.to_string(),
-                        record.received_at,
-                        record.status.as_str(),
-                        record.in_progress_until,
-                        record.expires_at
-                    ])
-                    .map_err(unavailable)?;
                 enqueue
                     .execute(params![QueueName::Render.as_str(), body, job.now_ms])
                     .map_err(unavailable)?;
@@ -369,6 +343,43 @@ impl crate::ports::AtomicAccept for SqliteStore {
             .await
             .map_err(|_| StoreError::Unavailable("the accept writer has stopped".into()))?
     }
+}
+
+/// Claims one event id inside a transaction: `Started` (stored) when free, expired or held
+/// IN_PROGRESS past its lease; otherwise the record that holds it.
+fn claim_event(
+    tx: &rusqlite::Transaction<'_>,
+    record: &EventRecord,
+    now_ms: i64,
+) -> Result<Begin, StoreError> {
+    let existing = tx
+        .prepare_cached("SELECT * FROM events WHERE id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![record.id.as_str()], event_from_row)
+        .optional()
+        .map_err(unavailable)?;
+    if let Some(held) = existing {
+        if !held.is_claimable(now_ms) {
+            return Ok(Begin::Existing(held));
+        }
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO events (id, type, payload_hash, body, received_at, status, in_progress_until, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(unavailable)?
+    .execute(params![
+        record.id.as_str(),
+        record.kind,
+        record.payload_hash,
+        record.event.to_string(),
+        record.received_at,
+        record.status.as_str(),
+        record.in_progress_until,
+        record.expires_at
+    ])
+    .map_err(unavailable)?;
+    Ok(Begin::Started)
 }
 
 fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
@@ -427,41 +438,8 @@ impl EventStore for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(unavailable)?;
         let mut out = Vec::with_capacity(records.len());
-        {
-            let mut select = tx
-                .prepare_cached("SELECT * FROM events WHERE id = ?1")
-                .map_err(unavailable)?;
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO events (id, type, payload_hash, body, received_at, status, in_progress_until, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(unavailable)?;
-            for record in records {
-                let existing = select
-                    .query_row(params![record.id.as_str()], event_from_row)
-                    .optional()
-                    .map_err(unavailable)?;
-                if let Some(held) = existing {
-                    if !held.is_claimable(now_ms) {
-                        out.push(Begin::Existing(held));
-                        continue;
-                    }
-                }
-                insert
-                    .execute(params![
-                        record.id.as_str(),
-                        record.kind,
-                        record.payload_hash,
-                        record.event.to_string(),
-                        record.received_at,
-                        record.status.as_str(),
-                        record.in_progress_until,
-                        record.expires_at
-                    ])
-                    .map_err(unavailable)?;
-                out.push(Begin::Started);
-            }
+        for record in records {
+            out.push(claim_event(&tx, record, now_ms)?);
         }
         tx.commit().map_err(unavailable)?;
         Ok(out)
