@@ -164,19 +164,6 @@ fn serve(
     cmd.spawn().unwrap()
 }
 
-async fn wait_healthy(url: &str) {
-    let http = reqwest::Client::new();
-    for _ in 0..1500 {
-        if let Ok(r) = http.get(format!("{url}/health")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("relay did not start");
-}
-
 async fn wait_status(url: &str, id: &str, want: &str) {
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;

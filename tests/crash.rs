@@ -42,19 +42,6 @@ fn spawn(config: &Path, state: &Path, port: u16) -> Child {
         .expect("relay starts")
 }
 
-async fn wait_healthy(http: &reqwest::Client, url: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{url}/health")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("relay did not become healthy");
-}
-
 /// A tiny deterministic generator, so a failure can be reproduced.
 struct Lcg(u64);
 impl Lcg {
@@ -88,7 +75,7 @@ async fn sigkill_under_load_loses_no_accepted_event() {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let mut child = spawn(&config, &state, port);
-        wait_healthy(&http, &url).await;
+        wait_healthy(&url).await;
         // A client retries what went unanswered; then sends new events until the kill.
         let mut to_send: Vec<String> = std::mem::take(&mut unanswered);
         let burst = 20 + rng.next(60) as u32;
@@ -124,7 +111,7 @@ async fn sigkill_under_load_loses_no_accepted_event() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut child = spawn(&config, &state, port);
-    wait_healthy(&http, &url).await;
+    wait_healthy(&url).await;
     for id in std::mem::take(&mut unanswered) {
         let n: u32 = id[2..].parse().unwrap();
         let body = json!({"id": id, "type": "contact.created", "contact": {"email": format!("k{n}@example.com")}, "data": {"n": n}});

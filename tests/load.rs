@@ -71,21 +71,7 @@ async fn twenty_thousand_events_with_injected_faults() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..1500 {
-        if http
-            .get(format!("{url}/health"))
-            .send()
-            .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(up, "relay did not start");
+    wait_healthy(&url).await;
 
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(250) {
         let events: Vec<Value> = chunk

@@ -460,18 +460,7 @@ async fn no_output_of_a_full_run_contains_a_secret() {
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let mut outputs: Vec<String> = Vec::new();
-    for _ in 0..1500 {
-        if http
-            .get(format!("{url}/health"))
-            .send()
-            .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_healthy(&url).await;
     // A delivered event, one refused for good, a wrong key, a preview and the readings.
     se.reject_emails(&["bad@example.com"]);
     for (id, email) in [("s-1", "jan@example.com"), ("s-2", "bad@example.com")] {

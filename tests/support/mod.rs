@@ -240,6 +240,21 @@ impl TestRelay {
     }
 }
 
+/// Waits until a relay started as a process answers `GET /health`; panics after PATIENCE.
+pub async fn wait_healthy(url: &str) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{url}/health")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("relay at {url} did not become healthy");
+}
+
 /// A manual clock starting at a fixed instant.
 pub fn fixed_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::at_ms(1_795_000_000_000))
