@@ -74,23 +74,29 @@ CREATE TABLE IF NOT EXISTS meta (
 "#;
 
 /// The local store: events, deliveries and queues in one SQLite database.
+///
+/// Every write of the async ports goes to one store thread, which folds the writes waiting
+/// into one transaction, each op in its own savepoint (all or nothing), and answers them all
+/// after one commit: one `fsync` for the lot, never on an async worker. Reads go to a second
+/// connection and run in place: in WAL mode a reader never waits for a commit.
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The connection every write goes through (the store thread; the runner at start).
     conn: Arc<Mutex<Connection>>,
+    /// The connection for reads.
+    reader: Arc<Mutex<Connection>>,
     clock: Arc<dyn Clock>,
-    /// The group-commit writer for accepts, started on first use.
-    writer: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<AcceptJob>>>,
+    /// The store thread, started on first use; it ends when the last clone is dropped.
+    ops: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<StoreOp>>>,
 }
 
-/// One `accept_atomic` call waiting for the writer.
-struct AcceptJob {
-    records: Vec<EventRecord>,
-    bodies: Vec<String>,
-    now_ms: i64,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<Begin>, StoreError>>,
-}
+/// One write for the store thread: it runs the op inside the shared transaction and gives
+/// back what answers the caller once the commit is known.
+type StoreOp = Box<dyn FnOnce(&mut Connection) -> Answer + Send>;
+/// Answers the caller with the op's result, or with why the commit failed.
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
-/// The most accept calls folded into one commit.
+/// The most ops folded into one commit.
 const GROUP_COMMIT_MAX: usize = 512;
 
 impl std::fmt::Debug for SqliteStore {
@@ -117,21 +123,60 @@ impl SqliteStore {
             .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
         let conn = Connection::open(state_dir.join("relay.db")).map_err(unavailable)?;
         // WAL keeps readers off the writer's back; FULL syncs each commit, so an answer of
-        // 202 means the event is on disk.
+        // 202 means the event is on disk. Each op of a group commit runs in a savepoint, whose
+        // journal stays in memory (temp_store), not in a temporary file.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;",
         )
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        let reader = Connection::open(state_dir.join("relay.db")).map_err(unavailable)?;
+        reader
+            .execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")
+            .map_err(unavailable)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             clock,
-            writer: Arc::new(std::sync::OnceLock::new()),
+            ops: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the write `op` on the store thread and waits for its group's commit. The op
+    /// works in a savepoint of its own (`conn.savepoint()`): its error or panic rolls back
+    /// its writes only. `Err` when the op panicked or the commit failed.
+    async fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let ops = self.ops.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<StoreOp>();
+            let conn = self.conn.clone();
+            std::thread::Builder::new()
+                .name("relay-store".into())
+                .spawn(move || store_thread(conn, rx))
+                .ok();
+            tx
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        ops.send(Box::new(move |conn: &mut Connection| -> Answer {
+            let result = op(conn);
+            Box::new(move |committed: Result<(), String>| {
+                let _ = reply.send(committed.map(|()| result));
+            })
+        }))
+        .map_err(|_| "the store thread has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the store could not run the operation (see the log)".to_string())?
     }
 
     /// Makes every leased message visible again: the process that held them is gone.
@@ -161,7 +206,7 @@ impl SqliteStore {
     /// Whether a queue has nothing due at the store's clock time and nothing being worked on.
     pub fn is_idle(&self, queue: QueueName) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
-        self.lock()
+        self.read()
             .query_row(
                 "SELECT COUNT(*) FROM jobs WHERE queue = ?1 AND (leased = 1 OR visible_at <= ?2)",
                 params![queue.as_str(), now],
@@ -201,7 +246,7 @@ impl SqliteStore {
 
     /// A value the runner keeps between runs (e.g. the date of the last birthday run).
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.lock()
+        self.read()
             .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
                 r.get(0)
             })
@@ -222,7 +267,7 @@ impl SqliteStore {
 
     /// How many messages wait in a queue (visible or not).
     pub fn queue_depth(&self, queue: QueueName) -> Result<usize, StoreError> {
-        self.lock()
+        self.read()
             .query_row(
                 "SELECT COUNT(*) FROM jobs WHERE queue = ?1",
                 params![queue.as_str()],
@@ -234,7 +279,7 @@ impl SqliteStore {
 
     /// When the next message of a queue becomes visible (Unix ms), if any waits.
     pub fn next_visible_at(&self, queue: QueueName) -> Result<Option<i64>, StoreError> {
-        self.lock()
+        self.read()
             .query_row(
                 "SELECT MIN(visible_at) FROM jobs WHERE queue = ?1",
                 params![queue.as_str()],
@@ -244,73 +289,43 @@ impl SqliteStore {
     }
 }
 
-/// The group-commit writer: takes every accept waiting, claims and enqueues them all in one
-/// transaction (one `fsync` for the lot), answers each. It runs on its own thread, so the
-/// commit never blocks the async workers; it ends when the store is dropped.
-fn accept_writer(conn: Arc<Mutex<Connection>>, jobs: std::sync::mpsc::Receiver<AcceptJob>) {
-    while let Ok(first) = jobs.recv() {
+/// The store thread: takes every write waiting (up to `GROUP_COMMIT_MAX`), runs them in one
+/// transaction and commits once, then answers each.
+fn store_thread(conn: Arc<Mutex<Connection>>, ops: std::sync::mpsc::Receiver<StoreOp>) {
+    while let Ok(first) = ops.recv() {
         let mut group = vec![first];
         while group.len() < GROUP_COMMIT_MAX {
-            match jobs.try_recv() {
-                Ok(j) => group.push(j),
+            match ops.try_recv() {
+                Ok(op) => group.push(op),
                 Err(_) => break,
             }
         }
-        let result = {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            commit_group(&mut c, &group)
-        };
-        match result {
-            Ok(all) => {
-                for (job, claims) in group.into_iter().zip(all) {
-                    let _ = job.reply.send(Ok(claims));
-                }
-            }
-            Err(e) => {
-                for job in group {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the ops unrun answers each caller with an error.
+            tracing::error!(error = %e, ops = group.len(), "the store cannot begin a transaction");
+            continue;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for op in group {
+            // A panicking op drops its reply (its caller gets an error); its savepoint
+            // rolls back as it unwinds, and the others go on.
+            if let Ok(answer) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut conn)))
+            {
+                answers.push(answer);
             }
         }
-    }
-}
-
-fn commit_group(conn: &mut Connection, group: &[AcceptJob]) -> Result<Vec<Vec<Begin>>, StoreError> {
-    let tx = conn.transaction().map_err(unavailable)?;
-    let mut out = Vec::with_capacity(group.len());
-    {
-        let mut enqueue = tx
-            .prepare_cached("INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)")
-            .map_err(unavailable)?;
-        for job in group {
-            // Each call is all or nothing within the shared commit.
-            tx.execute_batch("SAVEPOINT accept").map_err(unavailable)?;
-            let mut claims = Vec::with_capacity(job.records.len());
-            let mut conflict = false;
-            for (record, body) in job.records.iter().zip(&job.bodies) {
-                let claim = claim_event(&tx, record, job.now_ms)?;
-                if let Begin::Existing(held) = &claim {
-                    conflict |= held.payload_hash != record.payload_hash
-                        || held.status == RecordStatus::InProgress;
-                    claims.push(claim);
-                    continue;
-                }
-                enqueue
-                    .execute(params![QueueName::Render.as_str(), body, job.now_ms])
-                    .map_err(unavailable)?;
-                claims.push(Begin::Started);
-            }
-            let end = if conflict {
-                "ROLLBACK TO accept; RELEASE accept"
-            } else {
-                "RELEASE accept"
-            };
-            tx.execute_batch(end).map_err(unavailable)?;
-            out.push(claims);
+        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "the store could not commit");
+            format!("the store could not commit: {e}")
+        });
+        drop(conn);
+        for answer in answers {
+            answer(committed.clone());
         }
     }
-    tx.commit().map_err(unavailable)?;
-    Ok(out)
 }
 
 #[async_trait]
@@ -321,37 +336,44 @@ impl crate::ports::AtomicAccept for SqliteStore {
         bodies: Vec<String>,
         now_ms: i64,
     ) -> Result<Vec<Begin>, StoreError> {
-        let writer = self.writer.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let conn = self.conn.clone();
-            std::thread::Builder::new()
-                .name("relay-accept-writer".into())
-                .spawn(move || accept_writer(conn, rx))
-                .ok();
-            tx
-        });
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        writer
-            .send(AcceptJob {
-                records,
-                bodies,
-                now_ms,
-                reply,
-            })
-            .map_err(|_| StoreError::Unavailable("the accept writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the accept writer has stopped".into()))?
+        self.run(move |conn| {
+            // All or nothing: a conflicting id rolls back the whole call.
+            let sp = conn.savepoint().map_err(unavailable)?;
+            let mut claims = Vec::with_capacity(records.len());
+            let mut conflict = false;
+            {
+                let mut enqueue = sp
+                    .prepare_cached(
+                        "INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(unavailable)?;
+                for (record, body) in records.iter().zip(&bodies) {
+                    let claim = claim_event(&sp, record, now_ms)?;
+                    if let Begin::Existing(held) = &claim {
+                        conflict |= held.payload_hash != record.payload_hash
+                            || held.status == RecordStatus::InProgress;
+                        claims.push(claim);
+                        continue;
+                    }
+                    enqueue
+                        .execute(params![QueueName::Render.as_str(), body, now_ms])
+                        .map_err(unavailable)?;
+                    claims.push(Begin::Started);
+                }
+            }
+            if !conflict {
+                sp.commit().map_err(unavailable)?;
+            }
+            Ok(claims)
+        })
+        .await
+        .map_err(unavailable)?
     }
 }
 
 /// Claims one event id inside a transaction: `Started` (stored) when free, expired or held
 /// IN_PROGRESS past its lease; otherwise the record that holds it.
-fn claim_event(
-    tx: &rusqlite::Transaction<'_>,
-    record: &EventRecord,
-    now_ms: i64,
-) -> Result<Begin, StoreError> {
+fn claim_event(tx: &Connection, record: &EventRecord, now_ms: i64) -> Result<Begin, StoreError> {
     let existing = tx
         .prepare_cached("SELECT * FROM events WHERE id = ?1")
         .map_err(unavailable)?
@@ -435,100 +457,108 @@ impl EventStore for SqliteStore {
         records: &[EventRecord],
         now_ms: i64,
     ) -> Result<Vec<Begin>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(unavailable)?;
-        let mut out = Vec::with_capacity(records.len());
-        for record in records {
-            out.push(claim_event(&tx, record, now_ms)?);
-        }
-        tx.commit().map_err(unavailable)?;
-        Ok(out)
+        let records = records.to_vec();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            let mut out = Vec::with_capacity(records.len());
+            for record in &records {
+                out.push(claim_event(&tx, record, now_ms)?);
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn complete_many(&self, ids: &[EventId]) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(unavailable)?;
-        {
-            let mut stmt = tx
-                .prepare_cached("UPDATE events SET status = 'COMPLETED' WHERE id = ?1")
-                .map_err(unavailable)?;
-            for id in ids {
-                stmt.execute(params![id.as_str()]).map_err(unavailable)?;
+        let ids = ids.to_vec();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("UPDATE events SET status = 'COMPLETED' WHERE id = ?1")
+                    .map_err(unavailable)?;
+                for id in &ids {
+                    stmt.execute(params![id.as_str()]).map_err(unavailable)?;
+                }
             }
-        }
-        tx.commit().map_err(unavailable)
+            tx.commit().map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn complete(&self, id: &EventId) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "UPDATE events SET status = 'COMPLETED' WHERE id = ?1",
-                params![id.as_str()],
-            )
-            .map(|_| ())
-            .map_err(unavailable)
+        self.complete_many(std::slice::from_ref(id)).await
     }
 
     async fn release(&self, id: &EventId) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        let id = id.clone();
+        self.run(move |conn| {
+            conn.execute(
                 "DELETE FROM events WHERE id = ?1 AND status = 'IN_PROGRESS'",
                 params![id.as_str()],
             )
             .map(|_| ())
             .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn get(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
-        self.lock()
-            .query_row(
-                "SELECT * FROM events WHERE id = ?1",
-                params![id],
-                event_from_row,
-            )
-            .optional()
-            .map_err(unavailable)
+        let conn = self.read();
+        conn.query_row(
+            "SELECT * FROM events WHERE id = ?1",
+            params![id],
+            event_from_row,
+        )
+        .optional()
+        .map_err(unavailable)
     }
 }
 
 #[async_trait]
 impl DeliveryStore for SqliteStore {
     async fn insert_new(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(unavailable)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-                ))
-                .map_err(unavailable)?;
-            for r in records {
-                stmt.execute(params![
-                    r.id.as_str(),
-                    r.event_id.as_str(),
-                    r.rule,
-                    r.action,
-                    r.action_index as i64,
-                    r.status.as_str(),
-                    r.attempts as i64,
-                    r.last_error,
-                    r.last_response,
-                    r.sent_at,
-                    r.next_attempt_at,
-                    r.request
-                        .as_ref()
-                        .map(|p| serde_json::to_string(p).unwrap_or_default()),
-                    r.created_at,
-                    r.chain_depth as i64
-                ])
-                .map_err(unavailable)?;
+        let records = records.to_vec();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                    ))
+                    .map_err(unavailable)?;
+                for r in &records {
+                    stmt.execute(params![
+                        r.id.as_str(),
+                        r.event_id.as_str(),
+                        r.rule,
+                        r.action,
+                        r.action_index as i64,
+                        r.status.as_str(),
+                        r.attempts as i64,
+                        r.last_error,
+                        r.last_response,
+                        r.sent_at,
+                        r.next_attempt_at,
+                        request_json(r),
+                        r.created_at,
+                        r.chain_depth as i64
+                    ])
+                    .map_err(unavailable)?;
+                }
             }
-        }
-        tx.commit().map_err(unavailable)
+            tx.commit().map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
@@ -552,36 +582,38 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(unavailable)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
-                     next_attempt_at = ?7, request = ?8 WHERE id = ?1",
-                )
-                .map_err(unavailable)?;
-            for r in records {
-                stmt.execute(params![
-                    r.id.as_str(),
-                    r.status.as_str(),
-                    r.attempts as i64,
-                    r.last_error,
-                    r.last_response,
-                    r.sent_at,
-                    r.next_attempt_at,
-                    r.request
-                        .as_ref()
-                        .map(|p| serde_json::to_string(p).unwrap_or_default()),
-                ])
-                .map_err(unavailable)?;
+        let records = records.to_vec();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
+                         next_attempt_at = ?7, request = ?8 WHERE id = ?1",
+                    )
+                    .map_err(unavailable)?;
+                for r in &records {
+                    stmt.execute(params![
+                        r.id.as_str(),
+                        r.status.as_str(),
+                        r.attempts as i64,
+                        r.last_error,
+                        r.last_response,
+                        r.sent_at,
+                        r.next_attempt_at,
+                        request_json(r),
+                    ])
+                    .map_err(unavailable)?;
+                }
             }
-        }
-        tx.commit().map_err(unavailable)
+            tx.commit().map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY created_at, chain_depth, rule, action_index"
@@ -594,7 +626,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn list(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let conn = self.lock();
+        let conn = self.read();
         let limit = if f.limit == 0 {
             i64::MAX
         } else {
@@ -617,6 +649,13 @@ impl DeliveryStore for SqliteStore {
     }
 }
 
+/// The stored form of a delivery's rendered request.
+fn request_json(r: &DeliveryRecord) -> Option<String> {
+    r.request
+        .as_ref()
+        .map(|p| serde_json::to_string(p).unwrap_or_default())
+}
+
 #[async_trait]
 impl Queue for SqliteStore {
     async fn send(
@@ -627,18 +666,23 @@ impl Queue for SqliteStore {
     ) -> Result<(), QueueError> {
         let n = bodies.len();
         let visible_at = self.clock.now_ms() + delay.as_millis() as i64;
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| queue_err(e, n))?;
-        {
-            let mut stmt = tx
-                .prepare_cached("INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)")
-                .map_err(|e| queue_err(e, n))?;
-            for b in &bodies {
-                stmt.execute(params![queue.as_str(), b, visible_at])
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(|e| queue_err(e, n))?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)",
+                    )
                     .map_err(|e| queue_err(e, n))?;
+                for b in &bodies {
+                    stmt.execute(params![queue.as_str(), b, visible_at])
+                        .map_err(|e| queue_err(e, n))?;
+                }
             }
-        }
-        tx.commit().map_err(|e| queue_err(e, n))
+            tx.commit().map_err(|e| queue_err(e, n))
+        })
+        .await
+        .map_err(|e| queue_err(e, n))?
     }
 
     async fn receive(
@@ -648,55 +692,65 @@ impl Queue for SqliteStore {
         visibility: Duration,
     ) -> Result<Vec<Message>, QueueError> {
         let now = self.clock.now_ms();
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| queue_err(e, 0))?;
-        let msgs = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT id, body, receive_count FROM jobs WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
-                )
-                .map_err(|e| queue_err(e, 0))?;
-            let rows = stmt
-                .query_map(params![queue.as_str(), now, max as i64], |r| {
-                    Ok(Message {
-                        handle: r.get::<_, i64>(0)?.to_string(),
-                        body: r.get(1)?,
-                        receive_count: r.get::<_, i64>(2)? as u32 + 1,
-                    })
-                })
-                .map_err(|e| queue_err(e, 0))?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .map_err(|e| queue_err(e, 0))?
-        };
-        {
-            let mut upd = tx
-                .prepare_cached("UPDATE jobs SET visible_at = ?2, leased = 1, receive_count = receive_count + 1 WHERE id = ?1")
-                .map_err(|e| queue_err(e, 0))?;
-            let until = now + visibility.as_millis() as i64;
-            for m in &msgs {
-                upd.execute(params![m.handle.parse::<i64>().unwrap_or(-1), until])
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(|e| queue_err(e, 0))?;
+            let msgs = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id, body, receive_count FROM jobs WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
+                    )
                     .map_err(|e| queue_err(e, 0))?;
+                let rows = stmt
+                    .query_map(params![queue.as_str(), now, max as i64], |r| {
+                        Ok(Message {
+                            handle: r.get::<_, i64>(0)?.to_string(),
+                            body: r.get(1)?,
+                            receive_count: r.get::<_, i64>(2)? as u32 + 1,
+                        })
+                    })
+                    .map_err(|e| queue_err(e, 0))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| queue_err(e, 0))?
+            };
+            if msgs.is_empty() {
+                // Nothing to lease: no write, no commit to wait for.
+                return Ok(msgs);
             }
-        }
-        tx.commit().map_err(|e| queue_err(e, 0))?;
-        Ok(msgs)
+            {
+                let mut upd = tx
+                    .prepare_cached("UPDATE jobs SET visible_at = ?2, leased = 1, receive_count = receive_count + 1 WHERE id = ?1")
+                    .map_err(|e| queue_err(e, 0))?;
+                let until = now + visibility.as_millis() as i64;
+                for m in &msgs {
+                    upd.execute(params![m.handle.parse::<i64>().unwrap_or(-1), until])
+                        .map_err(|e| queue_err(e, 0))?;
+                }
+            }
+            tx.commit().map_err(|e| queue_err(e, 0))?;
+            Ok(msgs)
+        })
+        .await
+        .map_err(|e| queue_err(e, 0))?
     }
 
     async fn ack(&self, _queue: QueueName, handles: &[String]) -> Result<(), QueueError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction()
-            .map_err(|e| queue_err(e, handles.len()))?;
-        {
-            let mut stmt = tx
-                .prepare_cached("DELETE FROM jobs WHERE id = ?1")
-                .map_err(|e| queue_err(e, handles.len()))?;
-            for h in handles {
-                stmt.execute(params![h.parse::<i64>().unwrap_or(-1)])
-                    .map_err(|e| queue_err(e, handles.len()))?;
+        let handles = handles.to_vec();
+        let n = handles.len();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(|e| queue_err(e, n))?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                    .map_err(|e| queue_err(e, n))?;
+                for h in &handles {
+                    stmt.execute(params![h.parse::<i64>().unwrap_or(-1)])
+                        .map_err(|e| queue_err(e, n))?;
+                }
             }
-        }
-        tx.commit().map_err(|e| queue_err(e, handles.len()))
+            tx.commit().map_err(|e| queue_err(e, n))
+        })
+        .await
+        .map_err(|e| queue_err(e, n))?
     }
 
     async fn retry_after(
@@ -715,22 +769,26 @@ impl Queue for SqliteStore {
         retries: &[(String, Duration)],
     ) -> Result<(), QueueError> {
         let now = self.clock.now_ms();
+        let retries = retries.to_vec();
         let n = retries.len();
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| queue_err(e, n))?;
-        {
-            let mut stmt = tx
-                .prepare_cached("UPDATE jobs SET visible_at = ?2, leased = 0 WHERE id = ?1")
-                .map_err(|e| queue_err(e, n))?;
-            for (handle, delay) in retries {
-                stmt.execute(params![
-                    handle.parse::<i64>().unwrap_or(-1),
-                    now + delay.as_millis() as i64
-                ])
-                .map_err(|e| queue_err(e, n))?;
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(|e| queue_err(e, n))?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("UPDATE jobs SET visible_at = ?2, leased = 0 WHERE id = ?1")
+                    .map_err(|e| queue_err(e, n))?;
+                for (handle, delay) in &retries {
+                    stmt.execute(params![
+                        handle.parse::<i64>().unwrap_or(-1),
+                        now + delay.as_millis() as i64
+                    ])
+                    .map_err(|e| queue_err(e, n))?;
+                }
             }
-        }
-        tx.commit().map_err(|e| queue_err(e, n))
+            tx.commit().map_err(|e| queue_err(e, n))
+        })
+        .await
+        .map_err(|e| queue_err(e, n))?
     }
 }
 
@@ -742,18 +800,23 @@ impl TimerStore for SqliteStore {
         deliveries: &[DeliveryId],
         due_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(unavailable)?;
-        {
-            let mut stmt = tx
-                .prepare_cached("INSERT OR IGNORE INTO timers (correlation, delivery_id, due_at) VALUES (?1, ?2, ?3)")
-                .map_err(unavailable)?;
-            for id in deliveries {
-                stmt.execute(params![correlation, id.as_str(), due_ms])
+        let correlation = correlation.to_string();
+        let deliveries = deliveries.to_vec();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("INSERT OR IGNORE INTO timers (correlation, delivery_id, due_at) VALUES (?1, ?2, ?3)")
                     .map_err(unavailable)?;
+                for id in &deliveries {
+                    stmt.execute(params![correlation, id.as_str(), due_ms])
+                        .map_err(unavailable)?;
+                }
             }
-        }
-        tx.commit().map_err(unavailable)
+            tx.commit().map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn cancel(
@@ -761,38 +824,55 @@ impl TimerStore for SqliteStore {
         correlation: &str,
         except_event: &str,
     ) -> Result<Vec<DeliveryId>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(unavailable)?;
-        let ids: Vec<String> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT t.delivery_id FROM timers t JOIN deliveries d ON d.id = t.delivery_id
-                     WHERE t.correlation = ?1 AND d.status = 'scheduled' AND d.event_id != ?2",
+        // Most events cancel nothing: look first on the reader, and only queue a write when
+        // there is something to cancel.
+        if cancellable(&self.read(), correlation, except_event)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let correlation = correlation.to_string();
+        let except_event = except_event.to_string();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            let ids = cancellable(&tx, &correlation, &except_event)?;
+            for id in &ids {
+                tx.execute(
+                    "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,
+                     last_error = 'cancelled by a later event' WHERE id = ?1 AND status = 'scheduled'",
+                    params![id],
                 )
                 .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![correlation, except_event], |r| {
-                    r.get::<_, String>(0)
-                })
+                tx.execute(
+                    "DELETE FROM timers WHERE correlation = ?1 AND delivery_id = ?2",
+                    params![correlation, id],
+                )
                 .map_err(unavailable)?;
-            rows.collect::<Result<_, _>>().map_err(unavailable)?
-        };
-        for id in &ids {
-            tx.execute(
-                "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,
-                 last_error = 'cancelled by a later event' WHERE id = ?1 AND status = 'scheduled'",
-                params![id],
-            )
-            .map_err(unavailable)?;
-            tx.execute(
-                "DELETE FROM timers WHERE correlation = ?1 AND delivery_id = ?2",
-                params![correlation, id],
-            )
-            .map_err(unavailable)?;
-        }
-        tx.commit().map_err(unavailable)?;
-        Ok(ids.into_iter().map(DeliveryId::from_stored).collect())
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(ids.into_iter().map(DeliveryId::from_stored).collect())
+        })
+        .await
+        .map_err(unavailable)?
     }
+}
+
+/// The scheduled deliveries held under `correlation` by events other than `except_event`.
+fn cancellable(
+    conn: &Connection,
+    correlation: &str,
+    except_event: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT t.delivery_id FROM timers t JOIN deliveries d ON d.id = t.delivery_id
+             WHERE t.correlation = ?1 AND d.status = 'scheduled' AND d.event_id != ?2",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![correlation, except_event], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
 }
 
 #[async_trait]
@@ -803,14 +883,18 @@ impl ContactStore for SqliteStore {
         birthday: chrono::NaiveDate,
     ) -> Result<(), StoreError> {
         use chrono::Datelike;
-        self.lock()
-            .execute(
+        let email = email.to_lowercase();
+        self.run(move |conn| {
+            conn.execute(
                 "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(email) DO UPDATE SET month = excluded.month, day = excluded.day, birthday = excluded.birthday",
-                params![email.to_lowercase(), birthday.month(), birthday.day(), birthday.format("%Y-%m-%d").to_string()],
+                params![email, birthday.month(), birthday.day(), birthday.format("%Y-%m-%d").to_string()],
             )
             .map(|_| ())
             .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn birthdays_on(
@@ -820,17 +904,17 @@ impl ContactStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, chrono::NaiveDate)>, StoreError> {
-        let conn = self.lock();
+        let after = after.unwrap_or("");
+        let conn = self.read();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT email, birthday FROM birthdays WHERE month = ?1 AND day = ?2 AND email > ?3 ORDER BY email LIMIT ?4",
             )
             .map_err(unavailable)?;
         let rows = stmt
-            .query_map(
-                params![month, day, after.unwrap_or(""), limit as i64],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-            )
+            .query_map(params![month, day, after, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .map_err(unavailable)?;
         let mut out = Vec::new();
         for row in rows {
@@ -841,5 +925,129 @@ impl ContactStore for SqliteStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::ports::AtomicAccept;
+
+    const NOW_MS: i64 = 1_790_000_000_000;
+
+    fn store(dir: &Path) -> SqliteStore {
+        let start = chrono::DateTime::from_timestamp_millis(NOW_MS).unwrap();
+        SqliteStore::open(dir, Arc::new(ManualClock::new(start))).unwrap()
+    }
+
+    fn record(id: &str, hash: &str) -> EventRecord {
+        EventRecord {
+            id: EventId::from_stored(id.to_string()),
+            kind: "contact.created".into(),
+            payload_hash: hash.into(),
+            event: serde_json::json!({"id": id}),
+            received_at: NOW_MS,
+            status: RecordStatus::Completed,
+            in_progress_until: NOW_MS,
+            expires_at: NOW_MS / 1000 + 86_400,
+        }
+    }
+
+    async fn accept(s: &SqliteStore, ids: &[(&str, &str)]) -> Result<Vec<Begin>, StoreError> {
+        let records = ids.iter().map(|(id, h)| record(id, h)).collect();
+        let bodies = ids.iter().map(|(id, _)| format!("job {id}")).collect();
+        s.accept_atomic(records, bodies, NOW_MS).await
+    }
+
+    // Many accepts at once share commits; each stays all or nothing: the call that reuses a
+    // stored id with another payload stores none of its events, the others store all theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_accepts_are_each_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        accept(&s, &[("taken", "h1")]).await.unwrap();
+
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let s = s.clone();
+            calls.spawn(async move {
+                let fresh = format!("e{i}");
+                let ids: Vec<(&str, &str)> = if i == 17 {
+                    vec![(fresh.as_str(), "h"), ("taken", "other")]
+                } else {
+                    vec![(fresh.as_str(), "h")]
+                };
+                (i, accept(&s, &ids).await.unwrap())
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            let (i, claims) = done.unwrap();
+            if i == 17 {
+                assert!(matches!(claims[1], Begin::Existing(_)), "{claims:?}");
+            } else {
+                assert_eq!(claims, vec![Begin::Started]);
+            }
+        }
+        for i in 0..64 {
+            let stored = s.get(&format!("e{i}")).await.unwrap();
+            assert_eq!(stored.is_some(), i != 17, "event e{i}");
+        }
+        assert_eq!(s.get("taken").await.unwrap().unwrap().payload_hash, "h1");
+        assert_eq!(s.queue_depth(QueueName::Render).unwrap(), 1 + 63);
+    }
+
+    // An op that fails or panics answers its own caller with an error; the writes of the ops
+    // committed with it stand, and the store thread goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_op_spoils_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let (a, b, c) = tokio::join!(
+            s.send(QueueName::Render, vec!["a".into()], Duration::ZERO),
+            s.run(|conn| -> Result<(), StoreError> {
+                let sp = conn.savepoint().map_err(unavailable)?;
+                sp.execute(
+                    "INSERT INTO jobs (queue, body, visible_at) VALUES ('render', 'half', 0)",
+                    [],
+                )
+                .map_err(unavailable)?;
+                sp.execute("INSERT INTO no_such_table VALUES (1)", [])
+                    .map_err(unavailable)?;
+                sp.commit().map_err(unavailable)
+            }),
+            s.run(|_| -> () { panic!("a bug in one op") }),
+        );
+        a.unwrap();
+        assert!(matches!(b, Ok(Err(StoreError::Unavailable(_)))), "{b:?}");
+        assert!(c.is_err());
+        s.send(QueueName::Render, vec!["b".into()], Duration::ZERO)
+            .await
+            .unwrap();
+        let bodies: Vec<String> = s
+            .receive(QueueName::Render, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    // The answer comes after the commit: what a call was told is stored is on disk for a
+    // fresh connection (another process) to read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answered_writes_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        accept(&s, &[("x1", "h"), ("x2", "h")]).await.unwrap();
+        let other = Connection::open(dir.path().join("relay.db")).unwrap();
+        let n: i64 = other
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let jobs: i64 = other
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((n, jobs), (2, 2));
     }
 }
