@@ -969,6 +969,14 @@ fn compile_action(
             }
         };
     }
+    // The `replace` map of a send action: each value compiled at its own place.
+    macro_rules! replace_trees {
+        ($p:expr, $map:expr) => {
+            $map.iter()
+                .map(|(k, v)| (k.clone(), tree!(format!("{}.replace.{k}", $p), v)))
+                .collect()
+        };
+    }
     let (kind, email, body): (&'static str, &Option<String>, ActionBody) = match raw {
         RawAction::TriggerEvent(a) => {
             let p = format!("{place}.trigger_event");
@@ -1110,11 +1118,7 @@ fn compile_action(
                 "email_id": a.email_id,
             });
             let group = tree!(p.clone(), &group);
-            let replace = a
-                .replace
-                .iter()
-                .map(|(k, v)| (k.clone(), tree!(format!("{p}.replace.{k}"), v)))
-                .collect();
+            let replace = replace_trees!(p, a.replace);
             let template_variables = a
                 .template_variables
                 .as_ref()
@@ -1153,11 +1157,7 @@ fn compile_action(
                 )),
             }
             let group = tree!(p.clone(), &group);
-            let replace = a
-                .replace
-                .iter()
-                .map(|(k, v)| (k.clone(), tree!(format!("{p}.replace.{k}"), v)))
-                .collect();
+            let replace = replace_trees!(p, a.replace);
             let template_variables = a
                 .template_variables
                 .as_ref()
@@ -1180,11 +1180,7 @@ fn compile_action(
                 p.clone(),
                 &json!({"tag": a.tag.clone().unwrap_or_default(), "sms_id": a.sms_id})
             );
-            let replace = a
-                .replace
-                .iter()
-                .map(|(k, v)| (k.clone(), tree!(format!("{p}.replace.{k}"), v)))
-                .collect();
+            let replace = replace_trees!(p, a.replace);
             let cellphone = a
                 .cellphone
                 .as_ref()
@@ -1412,6 +1408,24 @@ mod tests {
             p[0].starts_with("rules[welcome].actions[0].trigger_event.payload.a"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn a_broken_replace_template_names_its_key_in_each_send_action() {
+        for (action, extra) in [
+            ("send_email", "email_id: 1, sender: {from: a@example.com, sender_name: A, reply_to: a@example.com}"),
+            (
+                "send_transactional_email",
+                "email_id: 1, sender: {from: a@example.com, sender_name: A, reply_to: a@example.com}",
+            ),
+            ("send_sms", "sms_id: 1"),
+        ] {
+            let p = problems(&format!(
+                "rules:\n  - name: r\n    on: [x]\n    actions: [{{{action}: {{{extra}, replace: {{first_name: '{{{{ contact.first_name'}}}}}}]\n"
+            ));
+            let place = format!("rules[r].actions[0].{action}.replace.first_name");
+            assert!(p.iter().any(|e| e.starts_with(&place)), "{action}: {p:?}");
+        }
     }
 
     #[test]
