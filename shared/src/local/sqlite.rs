@@ -116,6 +116,24 @@ fn queue_err(e: impl std::fmt::Display, n: usize) -> QueueError {
     }
 }
 
+/// Runs the statement `sql` once per item, all or nothing: in a savepoint of its own (inside
+/// the store thread's transaction) or, outside one, as its own transaction.
+fn execute_each<T>(
+    conn: &mut Connection,
+    sql: &str,
+    items: &[T],
+    mut execute: impl FnMut(&mut rusqlite::CachedStatement<'_>, &T) -> rusqlite::Result<usize>,
+) -> rusqlite::Result<()> {
+    let sp = conn.savepoint()?;
+    {
+        let mut stmt = sp.prepare_cached(sql)?;
+        for item in items {
+            execute(&mut stmt, item)?;
+        }
+    }
+    sp.commit()
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) `relay.db` in the state directory.
     pub fn open(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
@@ -222,26 +240,20 @@ impl SqliteStore {
         list: &[(String, chrono::NaiveDate)],
     ) -> Result<(), StoreError> {
         use chrono::Datelike;
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(unavailable)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(email) DO UPDATE SET month = excluded.month, day = excluded.day, birthday = excluded.birthday",
-                )
-                .map_err(unavailable)?;
-            for (email, b) in list {
+        execute_each(
+            &mut self.lock(),
+            REMEMBER_BIRTHDAY,
+            list,
+            |stmt, (email, b)| {
                 stmt.execute(params![
                     email.to_lowercase(),
                     b.month(),
                     b.day(),
                     b.format("%Y-%m-%d").to_string()
                 ])
-                .map_err(unavailable)?;
-            }
-        }
-        tx.commit().map_err(unavailable)
+            },
+        )
+        .map_err(unavailable)
     }
 
     /// A value the runner keeps between runs (e.g. the date of the last birthday run).
@@ -342,11 +354,7 @@ impl crate::ports::AtomicAccept for SqliteStore {
             let mut claims = Vec::with_capacity(records.len());
             let mut conflict = false;
             {
-                let mut enqueue = sp
-                    .prepare_cached(
-                        "INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(unavailable)?;
+                let mut enqueue = sp.prepare_cached(ENQUEUE).map_err(unavailable)?;
                 for (record, body) in records.iter().zip(&bodies) {
                     let claim = claim_event(&sp, record, now_ms)?;
                     if let Begin::Existing(held) = &claim {
@@ -419,6 +427,13 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
     })
 }
 
+/// Enqueues one job: queue, body, visible at (Unix ms).
+const ENQUEUE: &str = "INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)";
+
+/// Remembers one birthday (the latest given wins): e-mail (lower case), month, day, date.
+const REMEMBER_BIRTHDAY: &str = "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT(email) DO UPDATE SET month = excluded.month, day = excluded.day, birthday = excluded.birthday";
+
 const DELIVERY_COLUMNS: &str = "id, event_id, rule, action, action_index, status, attempts, last_error, last_response, sent_at, next_attempt_at, request, created_at, chain_depth";
 
 fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
@@ -474,16 +489,13 @@ impl EventStore for SqliteStore {
     async fn complete_many(&self, ids: &[EventId]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
         self.run(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached("UPDATE events SET status = 'COMPLETED' WHERE id = ?1")
-                    .map_err(unavailable)?;
-                for id in &ids {
-                    stmt.execute(params![id.as_str()]).map_err(unavailable)?;
-                }
-            }
-            tx.commit().map_err(unavailable)
+            execute_each(
+                conn,
+                "UPDATE events SET status = 'COMPLETED' WHERE id = ?1",
+                &ids,
+                |stmt, id| stmt.execute(params![id.as_str()]),
+            )
+            .map_err(unavailable)
         })
         .await
         .map_err(unavailable)?
@@ -524,34 +536,28 @@ impl DeliveryStore for SqliteStore {
     async fn insert_new(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
         let records = records.to_vec();
         self.run(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(&format!(
-                        "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-                    ))
-                    .map_err(unavailable)?;
-                for r in &records {
-                    stmt.execute(params![
-                        r.id.as_str(),
-                        r.event_id.as_str(),
-                        r.rule,
-                        r.action,
-                        r.action_index as i64,
-                        r.status.as_str(),
-                        r.attempts as i64,
-                        r.last_error,
-                        r.last_response,
-                        r.sent_at,
-                        r.next_attempt_at,
-                        request_json(r),
-                        r.created_at,
-                        r.chain_depth as i64
-                    ])
-                    .map_err(unavailable)?;
-                }
-            }
-            tx.commit().map_err(unavailable)
+            let sql = format!(
+                "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            );
+            execute_each(conn, &sql, &records, |stmt, r| {
+                stmt.execute(params![
+                    r.id.as_str(),
+                    r.event_id.as_str(),
+                    r.rule,
+                    r.action,
+                    r.action_index as i64,
+                    r.status.as_str(),
+                    r.attempts as i64,
+                    r.last_error,
+                    r.last_response,
+                    r.sent_at,
+                    r.next_attempt_at,
+                    request_json(r),
+                    r.created_at,
+                    r.chain_depth as i64
+                ])
+            })
+            .map_err(unavailable)
         })
         .await
         .map_err(unavailable)?
@@ -584,15 +590,12 @@ impl DeliveryStore for SqliteStore {
     async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
         let records = records.to_vec();
         self.run(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
-                         next_attempt_at = ?7, request = ?8 WHERE id = ?1",
-                    )
-                    .map_err(unavailable)?;
-                for r in &records {
+            execute_each(
+                conn,
+                "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
+                 next_attempt_at = ?7, request = ?8 WHERE id = ?1",
+                &records,
+                |stmt, r| {
                     stmt.execute(params![
                         r.id.as_str(),
                         r.status.as_str(),
@@ -603,10 +606,9 @@ impl DeliveryStore for SqliteStore {
                         r.next_attempt_at,
                         request_json(r),
                     ])
-                    .map_err(unavailable)?;
-                }
-            }
-            tx.commit().map_err(unavailable)
+                },
+            )
+            .map_err(unavailable)
         })
         .await
         .map_err(unavailable)?
@@ -667,19 +669,10 @@ impl Queue for SqliteStore {
         let n = bodies.len();
         let visible_at = self.clock.now_ms() + delay.as_millis() as i64;
         self.run(move |conn| {
-            let tx = conn.savepoint().map_err(|e| queue_err(e, n))?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(|e| queue_err(e, n))?;
-                for b in &bodies {
-                    stmt.execute(params![queue.as_str(), b, visible_at])
-                        .map_err(|e| queue_err(e, n))?;
-                }
-            }
-            tx.commit().map_err(|e| queue_err(e, n))
+            execute_each(conn, ENQUEUE, &bodies, |stmt, b| {
+                stmt.execute(params![queue.as_str(), b, visible_at])
+            })
+            .map_err(|e| queue_err(e, n))
         })
         .await
         .map_err(|e| queue_err(e, n))?
@@ -737,17 +730,13 @@ impl Queue for SqliteStore {
         let handles = handles.to_vec();
         let n = handles.len();
         self.run(move |conn| {
-            let tx = conn.savepoint().map_err(|e| queue_err(e, n))?;
-            {
-                let mut stmt = tx
-                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")
-                    .map_err(|e| queue_err(e, n))?;
-                for h in &handles {
-                    stmt.execute(params![h.parse::<i64>().unwrap_or(-1)])
-                        .map_err(|e| queue_err(e, n))?;
-                }
-            }
-            tx.commit().map_err(|e| queue_err(e, n))
+            execute_each(
+                conn,
+                "DELETE FROM jobs WHERE id = ?1",
+                &handles,
+                |stmt, h| stmt.execute(params![h.parse::<i64>().unwrap_or(-1)]),
+            )
+            .map_err(|e| queue_err(e, n))
         })
         .await
         .map_err(|e| queue_err(e, n))?
@@ -772,20 +761,18 @@ impl Queue for SqliteStore {
         let retries = retries.to_vec();
         let n = retries.len();
         self.run(move |conn| {
-            let tx = conn.savepoint().map_err(|e| queue_err(e, n))?;
-            {
-                let mut stmt = tx
-                    .prepare_cached("UPDATE jobs SET visible_at = ?2, leased = 0 WHERE id = ?1")
-                    .map_err(|e| queue_err(e, n))?;
-                for (handle, delay) in &retries {
+            execute_each(
+                conn,
+                "UPDATE jobs SET visible_at = ?2, leased = 0 WHERE id = ?1",
+                &retries,
+                |stmt, (handle, delay)| {
                     stmt.execute(params![
                         handle.parse::<i64>().unwrap_or(-1),
                         now + delay.as_millis() as i64
                     ])
-                    .map_err(|e| queue_err(e, n))?;
-                }
-            }
-            tx.commit().map_err(|e| queue_err(e, n))
+                },
+            )
+            .map_err(|e| queue_err(e, n))
         })
         .await
         .map_err(|e| queue_err(e, n))?
@@ -803,17 +790,13 @@ impl TimerStore for SqliteStore {
         let correlation = correlation.to_string();
         let deliveries = deliveries.to_vec();
         self.run(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached("INSERT OR IGNORE INTO timers (correlation, delivery_id, due_at) VALUES (?1, ?2, ?3)")
-                    .map_err(unavailable)?;
-                for id in &deliveries {
-                    stmt.execute(params![correlation, id.as_str(), due_ms])
-                        .map_err(unavailable)?;
-                }
-            }
-            tx.commit().map_err(unavailable)
+            execute_each(
+                conn,
+                "INSERT OR IGNORE INTO timers (correlation, delivery_id, due_at) VALUES (?1, ?2, ?3)",
+                &deliveries,
+                |stmt, id| stmt.execute(params![correlation, id.as_str(), due_ms]),
+            )
+            .map_err(unavailable)
         })
         .await
         .map_err(unavailable)?
@@ -886,9 +869,13 @@ impl ContactStore for SqliteStore {
         let email = email.to_lowercase();
         self.run(move |conn| {
             conn.execute(
-                "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(email) DO UPDATE SET month = excluded.month, day = excluded.day, birthday = excluded.birthday",
-                params![email, birthday.month(), birthday.day(), birthday.format("%Y-%m-%d").to_string()],
+                REMEMBER_BIRTHDAY,
+                params![
+                    email,
+                    birthday.month(),
+                    birthday.day(),
+                    birthday.format("%Y-%m-%d").to_string()
+                ],
             )
             .map(|_| ())
             .map_err(unavailable)
