@@ -66,6 +66,24 @@ pub enum InboundError {
     Store(#[from] StoreError),
 }
 
+/// What a claim means for the caller: accepted, a duplicate, or the whole batch refused.
+fn outcome(index: usize, sub: &Submitted, claim: Begin) -> Result<Accepted, InboundError> {
+    match claim {
+        Begin::Started => Ok(Accepted::Accepted),
+        Begin::Existing(held) if held.payload_hash != sub.payload_hash => {
+            Err(InboundError::KeyReused {
+                index,
+                id: sub.event.id.clone(),
+            })
+        }
+        Begin::Existing(held) if held.status == RecordStatus::Completed => Ok(Accepted::Duplicate),
+        Begin::Existing(_) => Err(InboundError::InProgress {
+            index,
+            id: sub.event.id.clone(),
+        }),
+    }
+}
+
 /// The inbound step.
 pub struct Inbound {
     events: Arc<dyn EventStore>,
@@ -153,24 +171,11 @@ impl Inbound {
             }
         }
         for (index, (sub, claim)) in submitted.iter().zip(claims).enumerate() {
-            match claim {
-                Begin::Started => outcomes.push((sub.event.id.clone(), Accepted::Accepted)),
-                Begin::Existing(held) if held.payload_hash != sub.payload_hash => {
+            match outcome(index, sub, claim) {
+                Ok(accepted) => outcomes.push((sub.event.id.clone(), accepted)),
+                Err(e) => {
                     self.release_all(&submitted, &started).await;
-                    return Err(InboundError::KeyReused {
-                        index,
-                        id: sub.event.id.clone(),
-                    });
-                }
-                Begin::Existing(held) if held.status == RecordStatus::Completed => {
-                    outcomes.push((sub.event.id.clone(), Accepted::Duplicate));
-                }
-                Begin::Existing(_) => {
-                    self.release_all(&submitted, &started).await;
-                    return Err(InboundError::InProgress {
-                        index,
-                        id: sub.event.id.clone(),
-                    });
+                    return Err(e);
                 }
             }
         }
@@ -178,34 +183,16 @@ impl Inbound {
             return Ok(outcomes);
         }
 
-        if let Some(limit) = self.max_message_bytes {
-            for &i in &started {
-                let size = serde_json::to_vec(&submitted[i].event)
-                    .map(|v| v.len())
-                    .unwrap_or(0)
-                    + 64;
-                if size > limit {
+        let mut bodies = Vec::with_capacity(started.len());
+        for &i in &started {
+            match self.render_job(i, &submitted[i]) {
+                Ok(body) => bodies.push(body),
+                Err(e) => {
                     self.release_all(&submitted, &started).await;
-                    return Err(InboundError::TooLarge {
-                        index: i,
-                        id: submitted[i].event.id.clone(),
-                        limit,
-                    });
+                    return Err(e);
                 }
             }
         }
-        let bodies: Vec<String> = started
-            .iter()
-            .map(|&i| {
-                serde_json::to_string(&RenderJob {
-                    event: submitted[i].event.clone(),
-                    rules: None,
-                    depth: 0,
-                    after_ms: None,
-                })
-                .unwrap_or_default()
-            })
-            .collect();
         let failed: Vec<usize> = match self
             .queue
             .send(QueueName::Render, bodies, Duration::ZERO)
@@ -252,26 +239,11 @@ impl Inbound {
         mut records: Vec<EventRecord>,
         now_ms: i64,
     ) -> Result<Vec<(EventId, Accepted)>, InboundError> {
-        let mut bodies = Vec::with_capacity(submitted.len());
-        for (i, sub) in submitted.iter().enumerate() {
-            let body = serde_json::to_string(&RenderJob {
-                event: sub.event.clone(),
-                rules: None,
-                depth: 0,
-                after_ms: None,
-            })
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if let Some(limit) = self.max_message_bytes {
-                if body.len() > limit {
-                    return Err(InboundError::TooLarge {
-                        index: i,
-                        id: sub.event.id.clone(),
-                        limit,
-                    });
-                }
-            }
-            bodies.push(body);
-        }
+        let bodies = submitted
+            .iter()
+            .enumerate()
+            .map(|(i, sub)| self.render_job(i, sub))
+            .collect::<Result<Vec<_>, _>>()?;
         for r in &mut records {
             r.status = RecordStatus::Completed;
         }
@@ -279,20 +251,9 @@ impl Inbound {
         let mut outcomes = Vec::with_capacity(claims.len());
         let mut accepted = false;
         for (index, (sub, claim)) in submitted.iter().zip(claims).enumerate() {
-            let id = sub.event.id.clone();
-            match claim {
-                Begin::Started => {
-                    accepted = true;
-                    outcomes.push((id, Accepted::Accepted));
-                }
-                Begin::Existing(held) if held.payload_hash != sub.payload_hash => {
-                    return Err(InboundError::KeyReused { index, id })
-                }
-                Begin::Existing(held) if held.status == RecordStatus::Completed => {
-                    outcomes.push((id, Accepted::Duplicate))
-                }
-                Begin::Existing(_) => return Err(InboundError::InProgress { index, id }),
-            }
+            let outcome = outcome(index, sub, claim)?;
+            accepted |= outcome == Accepted::Accepted;
+            outcomes.push((sub.event.id.clone(), outcome));
         }
         if accepted {
             if let Some(w) = &self.wake {
@@ -300,6 +261,31 @@ impl Inbound {
             }
         }
         Ok(outcomes)
+    }
+
+    /// The render job of the event at `index`, refused when the event is too large for the
+    /// queue (with room for the job's envelope).
+    fn render_job(&self, index: usize, sub: &Submitted) -> Result<String, InboundError> {
+        let body = serde_json::to_string(&RenderJob {
+            event: sub.event.clone(),
+            rules: None,
+            depth: 0,
+            after_ms: None,
+        })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(limit) = self.max_message_bytes {
+            // The event's own size plus 64 bytes for the envelope: the bound since the
+            // first version of this check.
+            let size = serde_json::to_vec(&sub.event).map(|v| v.len()).unwrap_or(0) + 64;
+            if size > limit {
+                return Err(InboundError::TooLarge {
+                    index,
+                    id: sub.event.id.clone(),
+                    limit,
+                });
+            }
+        }
+        Ok(body)
     }
 
     async fn release_all(&self, submitted: &[Submitted], started: &[usize]) {
