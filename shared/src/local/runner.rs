@@ -239,6 +239,29 @@ async fn idle(wake: &Notify, stop: &mut watch::Receiver<bool>, poll: Duration) -
     }
 }
 
+/// When a pass found fewer than `max` messages, waits `window` (or until stopping) and takes
+/// what arrived meanwhile.
+async fn top_up(
+    store: &SqliteStore,
+    queue: QueueName,
+    msgs: &mut Vec<crate::queue::Message>,
+    max: usize,
+    visibility: Duration,
+    window: Duration,
+    stop: &mut watch::Receiver<bool>,
+) {
+    if msgs.len() >= max || window.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(window) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    if let Ok(more) = store.receive(queue, max - msgs.len(), visibility).await {
+        msgs.extend(more);
+    }
+}
+
 async fn render_loop(
     step: RenderStep,
     store: SqliteStore,
@@ -266,21 +289,18 @@ async fn render_loop(
             }
             continue;
         }
-        if msgs.len() < RENDER_BATCH {
-            // Let a trickle fill the pass: each pass costs the same few writes whether it
-            // carries 3 jobs or 100.
-            tokio::time::sleep(RENDER_WINDOW).await;
-            if let Ok(more) = store
-                .receive(
-                    QueueName::Render,
-                    RENDER_BATCH - msgs.len(),
-                    Duration::from_secs(60),
-                )
-                .await
-            {
-                msgs.extend(more);
-            }
-        }
+        // Let a trickle fill the pass: each pass costs the same few writes whether it
+        // carries 3 jobs or 100.
+        top_up(
+            &store,
+            QueueName::Render,
+            &mut msgs,
+            RENDER_BATCH,
+            Duration::from_secs(60),
+            RENDER_WINDOW,
+            &mut stop,
+        )
+        .await;
         let mut done = Vec::new();
         match step.handle_batch(&msgs).await {
             Ok(results) => {
@@ -328,19 +348,17 @@ async fn dispatch_loop(
             }
             continue;
         }
-        if msgs.len() < DISPATCH_BATCH && !batch_window.is_zero() {
-            // Give a burst a moment to fill the bulk call.
-            tokio::select! {
-                _ = tokio::time::sleep(batch_window) => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
-            if let Ok(more) = store
-                .receive(QueueName::Dispatch, DISPATCH_BATCH - msgs.len(), visibility)
-                .await
-            {
-                msgs.extend(more);
-            }
-        }
+        // Give a burst a moment to fill the bulk call.
+        top_up(
+            &store,
+            QueueName::Dispatch,
+            &mut msgs,
+            DISPATCH_BATCH,
+            visibility,
+            batch_window,
+            &mut stop,
+        )
+        .await;
         match dispatcher.handle(msgs).await {
             Ok(report) => tracing::debug!(?report, "dispatch pass"),
             Err(e) => {
