@@ -102,16 +102,26 @@ struct ProxyState {
     delayed: Arc<Mutex<Vec<(String, i64)>>>,
 }
 
+/// Applies `one` to each entry of an SQS JSON request (the `Entries` of a batch call, or the
+/// request itself) and gives back the rewritten body; a body that is not JSON is passed on.
+fn rewrite_entries(body: &[u8], mut one: impl FnMut(&mut Value)) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return body.to_vec();
+    };
+    match v.get_mut("Entries").and_then(Value::as_array_mut) {
+        Some(entries) => entries.iter_mut().for_each(&mut one),
+        None => one(&mut v),
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
 impl ProxyState {
     /// Records the visibilities asked for and hides the messages for `HIDDEN_SECS` instead;
     /// a value SQS would refuse is passed on unchanged, for moto to refuse.
     fn intercept(&self, body: &[u8]) -> Vec<u8> {
-        let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
-            return body.to_vec();
-        };
         let now = self.clock.now_ms();
         let mut calls = self.calls.lock().unwrap();
-        let mut one = |entry: &mut Value| {
+        rewrite_entries(body, |entry| {
             let handle = entry["ReceiptHandle"]
                 .as_str()
                 .unwrap_or_default()
@@ -125,25 +135,15 @@ impl ProxyState {
             if (0..=SQS_MAX_VISIBILITY).contains(&secs) {
                 entry["VisibilityTimeout"] = json!(HIDDEN_SECS);
             }
-        };
-        match v.get_mut("Entries").and_then(Value::as_array_mut) {
-            Some(entries) => entries.iter_mut().for_each(&mut one),
-            None => one(&mut v),
-        }
-        serde_json::to_vec(&v).unwrap()
+        })
     }
-}
 
-impl ProxyState {
     /// Records the delays messages are sent with (fresh copies of held deliveries, timers)
     /// on the fixed clock, and sends them without one.
     fn intercept_delays(&self, body: &[u8]) -> Vec<u8> {
-        let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
-            return body.to_vec();
-        };
         let now = self.clock.now_ms();
         let mut delayed = self.delayed.lock().unwrap();
-        let mut one = |entry: &mut Value| {
+        rewrite_entries(body, |entry| {
             let secs = entry["DelaySeconds"].as_i64().unwrap_or(0);
             if secs > 0 {
                 let text = entry["MessageBody"]
@@ -153,12 +153,7 @@ impl ProxyState {
                 delayed.push((text, now + secs * 1000));
                 entry["DelaySeconds"] = json!(0);
             }
-        };
-        match v.get_mut("Entries").and_then(Value::as_array_mut) {
-            Some(entries) => entries.iter_mut().for_each(&mut one),
-            None => one(&mut v),
-        }
-        serde_json::to_vec(&v).unwrap()
+        })
     }
 }
 
