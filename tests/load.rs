@@ -32,14 +32,15 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_events_with_injected_faults() {
     let se = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
-    // 1 % of the contacts are refused for good; every 20th call fails with a 503.
+    // 1 % of the contacts are refused for good; 1 call in 20 (at random, seeded) fails
+    // with a 503.
     let bad: Vec<String> = (0..EVENTS)
         .filter(|i| i % 100 == 37)
         .map(|i| format!("l{i}@example.com"))
         .collect();
     let bad_refs: Vec<&str> = bad.iter().map(String::as_str).collect();
     se.reject_emails(&bad_refs);
-    se.set_periodic_fault(20, Some(Fault::status(503)));
+    se.set_random_fault(20, 7, Some(Fault::status(503)));
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relay.yaml");

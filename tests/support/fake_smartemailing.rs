@@ -213,7 +213,7 @@ impl FakeSmartEmailing {
                 api_key: api_key.to_string(),
                 faults: VecDeque::new(),
                 default_fault: None,
-                periodic_fault: None,
+                random_fault: None,
                 rejected: HashSet::new(),
                 requests: Vec::new(),
                 contact_ids: HashMap::new(),
@@ -347,10 +347,13 @@ impl FakeSmartEmailing {
         self.shared.lock().api_key = key.to_string();
     }
 
-    /// Every `every`-th request (1-based) gets `f`, after queued and default faults
-    /// (e.g. every 20th for 5 % injected faults); `None` stops it.
-    pub fn set_periodic_fault(&self, every: u64, f: Option<Fault>) {
-        self.shared.lock().periodic_fault = f.map(|f| (every.max(1), f, 0));
+    /// Each request gets `f` with a chance of 1 in `one_in`, after queued and default faults
+    /// (e.g. 1 in 20 for 5 % injected faults), drawn from a generator seeded with `seed` so
+    /// a run can be repeated; `None` stops it. Random rather than every n-th request: a
+    /// fixed period can line up with the relay's own rhythm (the same call of each retry
+    /// pass) and fail one delivery on every attempt.
+    pub fn set_random_fault(&self, one_in: u64, seed: u64, f: Option<Fault>) {
+        self.shared.lock().random_fault = f.map(|f| (one_in.max(1), f, seed));
     }
 
     /// While `Some`, every request gets this answer (an outage). Queued faults still go
@@ -424,7 +427,8 @@ struct FakeState {
     faults: VecDeque<Fault>,
     default_fault: Option<Fault>,
     /// Every `n`-th request (counting from 1) gets this fault: (n, fault, counter).
-    periodic_fault: Option<(u64, Fault, u64)>,
+    /// 1 in how many requests, the fault, the generator's state (splitmix64).
+    random_fault: Option<(u64, Fault, u64)>,
     rejected: HashSet<String>,
     requests: Vec<RecordedRequest>,
     contact_ids: HashMap<String, u64>,
@@ -711,10 +715,14 @@ async fn handle(
 
     let (answer, fault) = {
         let mut st = shared.lock();
-        let periodic = match &mut st.periodic_fault {
-            Some((every, f, count)) => {
-                *count += 1;
-                (*count % *every == 0).then(|| f.clone())
+        let random = match &mut st.random_fault {
+            Some((one_in, f, state)) => {
+                *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                (z % *one_in == 0).then(|| f.clone())
             }
             None => None,
         };
@@ -722,7 +730,7 @@ async fn handle(
             .faults
             .pop_front()
             .or_else(|| st.default_fault.clone())
-            .or(periodic);
+            .or(random);
         let answer = match &fault {
             Some(f) => Answer {
                 status: if f.reset_connection { 0 } else { f.status },
