@@ -5,12 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use relay_shared::config::Config;
-use relay_shared::delivery::Prepared;
-use relay_shared::event::parse_submission;
-use relay_shared::limits::{check_json, InputLimits};
-use relay_shared::rules::{matching_rules, render_event};
-use relay_shared::smartemailing::Endpoint;
+use relay_shared::domain::delivery::Prepared;
+use relay_shared::domain::event::parse_submission;
+use relay_shared::domain::smartemailing::Endpoint;
+use relay_shared::rules::config::Config;
+use relay_shared::rules::render::{matching_rules, render_event};
+use relay_shared::security::limits::{check_json, InputLimits};
 use serde_json::Value;
 use std::path::PathBuf;
 

@@ -4,11 +4,11 @@
 mod support;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use relay_shared::clock::{Clock, ManualClock};
-use relay_shared::inbound::Inbound;
-use relay_shared::local::sqlite::SqliteStore;
-use relay_shared::queue::QueueName;
-use relay_shared::schedule::run_birthdays;
+use relay_shared::adapters::sqlite::SqliteStore;
+use relay_shared::pipeline::birthdays::run_birthdays;
+use relay_shared::pipeline::inbound::Inbound;
+use relay_shared::ports::clock::{Clock, ManualClock};
+use relay_shared::ports::queue::QueueName;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 
 mod support;
 
-use relay_shared::delivery::DeliveryId;
-use relay_shared::dispatch::replay;
+use relay_shared::domain::delivery::DeliveryId;
+use relay_shared::pipeline::dispatch::replay;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
@@ -317,7 +317,7 @@ async fn exhausted_retries_and_permanent_errors_end_dead_with_the_reason() {
         .iter()
         .map(|e| {
             DeliveryId::derive(
-                &relay_shared::event::EventId::parse(e).unwrap(),
+                &relay_shared::domain::event::EventId::parse(e).unwrap(),
                 "welcome",
                 0,
             )
@@ -415,7 +415,7 @@ async fn a_rejected_key_is_reloaded_once_then_dead_and_replayable_after_the_fix(
     // The operator fixes the key; a replay delivers.
     let mut fixed = bundle(true);
     fixed.smartemailing.as_mut().unwrap().api_key =
-        relay_shared::secrets::Secret::new("rotated-key");
+        relay_shared::domain::secret::Secret::new("rotated-key");
     r.credentials.replace(fixed);
     let id = DeliveryId::from_stored(d[0]["id"].as_str().unwrap());
     let store = r.relay().store.clone();

@@ -4,8 +4,8 @@
 
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
-use relay_shared::event::{Event, EventId, EventType};
-use relay_shared::render::{context, Node, TemplateSet};
+use relay_shared::domain::event::{Event, EventId, EventType};
+use relay_shared::rules::template::{context, Node, TemplateSet};
 use serde_json::{json, Map, Value};
 
 /// Strings made to hurt: template syntax, JSON syntax, escapes, control characters, unicode.

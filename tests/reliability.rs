@@ -3,11 +3,11 @@
 
 mod support;
 
-use relay_shared::clock::{Clock, ManualClock};
-use relay_shared::delivery::{DeliveryId, DeliveryRecord};
-use relay_shared::event::EventId;
+use relay_shared::domain::delivery::{DeliveryId, DeliveryRecord};
+use relay_shared::domain::event::EventId;
+use relay_shared::ports::clock::{Clock, ManualClock};
+use relay_shared::ports::queue::QueueName;
 use relay_shared::ports::DeliveryStore;
-use relay_shared::queue::QueueName;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

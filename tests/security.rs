@@ -3,8 +3,8 @@
 
 mod support;
 
-use relay_shared::secrets::Secret;
-use relay_shared::signature::{sign, WebhookSecret};
+use relay_shared::domain::secret::Secret;
+use relay_shared::security::signature::{sign, WebhookSecret};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -3,18 +3,18 @@
 use anyhow::{anyhow, Context as _};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
-use relay_shared::clock::{Clock, SystemClock};
-use relay_shared::config::Config;
-use relay_shared::delivery::{DeliveryId, DeliveryStatus};
-use relay_shared::dispatch::replay;
-use relay_shared::event::parse_event;
-use relay_shared::http::{preview, DEFAULT_BODY_LIMIT};
-use relay_shared::local::runner::{start, RunnerOptions};
-use relay_shared::local::sqlite::SqliteStore;
+use relay_shared::adapters::env_credentials::{secret_env_name, StaticCredentials};
+use relay_shared::adapters::reqwest::ReqwestTransport;
+use relay_shared::adapters::sqlite::SqliteStore;
+use relay_shared::api::router::{preview, DEFAULT_BODY_LIMIT};
+use relay_shared::domain::delivery::{DeliveryId, DeliveryStatus};
+use relay_shared::domain::event::parse_event;
+use relay_shared::pipeline::dispatch::replay;
+use relay_shared::ports::clock::{Clock, SystemClock};
 use relay_shared::ports::{Credentials, DeliveryFilter, DeliveryStore, EventStore, Queue};
-use relay_shared::rules::{render_event, NotRendered};
-use relay_shared::secrets::{secret_env_name, StaticCredentials};
-use relay_shared::transport::ReqwestTransport;
+use relay_shared::rules::config::Config;
+use relay_shared::rules::render::{render_event, NotRendered};
+use relay_shared::runner::{start, RunnerOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -438,7 +438,7 @@ fn check(config_path: &Path, events_dir: &Path) -> Result<ExitCode, Failure> {
 }
 
 /// Whether a chain starting from a rule the event matches reaches `target`.
-fn reaches(config: &Config, event: &relay_shared::event::Event, target: &str) -> bool {
+fn reaches(config: &Config, event: &relay_shared::domain::event::Event, target: &str) -> bool {
     let mut stack: Vec<&str> = config
         .rules
         .iter()
@@ -533,7 +533,7 @@ async fn open_stores(state: &Path, aws: bool) -> Result<Stores, Failure> {
 
 #[cfg(feature = "aws")]
 async fn open_aws_stores() -> Result<Stores, Failure> {
-    use relay_shared::aws::{sdk_config, AwsAdapters, AwsSettings};
+    use relay_shared::adapters::aws::{sdk_config, AwsAdapters, AwsSettings};
     // The secret is not needed here; only the table and the queues are.
     let settings = AwsSettings::from_lookup(|k| match k {
         "SECRET_ID" => Some(std::env::var(k).unwrap_or_else(|_| "unused".into())),
@@ -679,15 +679,16 @@ async fn birthdays_run(
         None => now.with_timezone(&config.schedules.time_zone).date_naive(),
     };
     let store = Arc::new(open_store(state)?);
-    let inbound = relay_shared::inbound::Inbound::new(
+    let inbound = relay_shared::pipeline::inbound::Inbound::new(
         store.clone(),
         store.clone(),
         Arc::new(SystemClock),
         None,
     );
-    let report = relay_shared::schedule::run_birthdays(date, store.as_ref(), &inbound, now)
-        .await
-        .map_err(internal)?;
+    let report =
+        relay_shared::pipeline::birthdays::run_birthdays(date, store.as_ref(), &inbound, now)
+            .await
+            .map_err(internal)?;
     println!(
         "{}: {} birthdays, {} events queued, {} already sent by an earlier run",
         date.format("%Y-%m-%d"),

@@ -5,8 +5,8 @@
 
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use relay_shared::event::parse_submission;
-use relay_shared::limits::{check_json, InputLimits};
+use relay_shared::domain::event::parse_submission;
+use relay_shared::security::limits::{check_json, InputLimits};
 
 fuzz_target!(|data: &[u8]| {
     let limits = InputLimits::default();

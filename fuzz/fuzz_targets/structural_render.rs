@@ -6,9 +6,9 @@
 
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use relay_shared::event::{Event, EventId, EventType};
-use relay_shared::limits::{check_json, InputLimits};
-use relay_shared::render::{context, TemplateSet};
+use relay_shared::domain::event::{Event, EventId, EventType};
+use relay_shared::security::limits::{check_json, InputLimits};
+use relay_shared::rules::template::{context, TemplateSet};
 use serde_json::{json, Map, Value};
 
 fuzz_target!(|data: &[u8]| {

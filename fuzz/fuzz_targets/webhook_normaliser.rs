@@ -6,8 +6,8 @@
 
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use relay_shared::limits::{check_json, InputLimits};
-use relay_shared::webhook::{event_from_webhook, form_to_object};
+use relay_shared::security::limits::{check_json, InputLimits};
+use relay_shared::domain::smartemailing_webhook::{event_from_webhook, form_to_object};
 
 fuzz_target!(|data: &[u8]| {
     let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(event.id.as_str().starts_with("se-"));
         assert_eq!(hash.len(), 64);
         if let Some(email) = event.email() {
-            assert!(relay_shared::event::Email::parse(email).is_ok());
+            assert!(relay_shared::domain::event::Email::parse(email).is_ok());
         }
         let (again, _) =
             event_from_webhook(&name, value, now).expect("the same call is accepted twice");

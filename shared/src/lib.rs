@@ -1,30 +1,23 @@
-//! The relay's core: events, rules, rendering, the SmartEmailing client, the ports and
-//! their local adapters, and the HTTP router shared by `relay serve` and the inbound Lambda.
+//! The relay's core. The folders are the layers, each importing only the ones above it in
+//! this list:
+//!
+//! - `domain`: events, deliveries, idempotency records, secrets, SmartEmailing's shapes;
+//! - `policy`: pure decisions (the circuit breaker and pacing);
+//! - `security`: checks on untrusted input and on where the relay may send;
+//! - `rules`: the config, its templates, and rendering an event into frozen requests;
+//! - `ports`: the traits the pipeline needs from the outside world;
+//! - `pipeline`: the steps — inbound, render, dispatch — and the birthday run;
+//! - `api`: the HTTP router shared by `relay serve` and the inbound Lambda;
+//! - `adapters`: the ports' implementations (SQLite, AWS, reqwest, the environment);
+//! - `runner`: `relay serve`, the local driver (the Lambda drivers are in `functions/`).
 
-#[cfg(feature = "aws")]
-pub mod aws;
-pub mod breaker;
-pub mod clock;
-pub mod config;
-pub mod delivery;
-pub mod dispatch;
-pub mod duration;
-pub mod event;
-pub mod http;
-pub mod idempotency;
-pub mod inbound;
-pub mod limits;
-#[cfg(feature = "local")]
-pub mod local;
-pub mod outbound;
+pub mod adapters;
+pub mod api;
+pub mod domain;
+pub mod pipeline;
+pub mod policy;
 pub mod ports;
-pub mod queue;
-pub mod render;
-pub mod render_step;
 pub mod rules;
-pub mod schedule;
-pub mod secrets;
-pub mod signature;
-pub mod smartemailing;
-pub mod transport;
-pub mod webhook;
+#[cfg(feature = "local")]
+pub mod runner;
+pub mod security;

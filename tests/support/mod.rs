@@ -11,11 +11,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::any;
 use axum::Router;
-use relay_shared::clock::{Clock, ManualClock, SystemClock};
-use relay_shared::config::Config;
-use relay_shared::local::runner::{start, Relay, RunnerOptions};
-use relay_shared::secrets::{SeCredentials, Secret, SecretBundle, StaticCredentials};
-use relay_shared::transport::ReqwestTransport;
+use relay_shared::adapters::env_credentials::StaticCredentials;
+use relay_shared::adapters::reqwest::ReqwestTransport;
+use relay_shared::domain::secret::{SeCredentials, Secret, SecretBundle};
+use relay_shared::ports::clock::{Clock, ManualClock, SystemClock};
+use relay_shared::rules::config::Config;
+use relay_shared::runner::{start, Relay, RunnerOptions};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -110,7 +111,7 @@ impl TestRelay {
                 credentials: self.credentials.clone(),
                 clock: self.clock.clone(),
                 transport: Arc::new(ReqwestTransport::new().expect("transport")),
-                body_limit: relay_shared::http::DEFAULT_BODY_LIMIT,
+                body_limit: relay_shared::api::router::DEFAULT_BODY_LIMIT,
                 poll_interval: Duration::from_millis(10),
                 seed: Some(7),
             },
@@ -208,7 +209,7 @@ impl TestRelay {
     /// Waits (in real time) until nothing is due at the relay's clock time and nothing is
     /// being worked on: with a fixed clock, the relay has done all it can until it moves.
     pub async fn settle(&self) {
-        use relay_shared::queue::QueueName;
+        use relay_shared::ports::queue::QueueName;
         let store = &self.relay().store;
         let deadline = tokio::time::Instant::now() + PATIENCE;
         let mut quiet = 0;

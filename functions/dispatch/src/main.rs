@@ -3,7 +3,7 @@
 use lambda_runtime::{service_fn, LambdaEvent};
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::{init_logging, Context};
-use relay_shared::transport::ReqwestTransport;
+use relay_shared::adapters::reqwest::ReqwestTransport;
 use std::sync::Arc;
 
 #[tokio::main]

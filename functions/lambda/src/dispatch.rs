@@ -1,0 +1,186 @@
+//! The dispatch function: a batch of the dispatch queue goes through the core's dispatcher
+//! (coalescing, sending, classifying). A delivery to retry has its message hidden until the
+//! next attempt (ChangeMessageVisibility) and reported as a batch item failure, so SQS keeps
+//! it; a dead one goes to the dispatch dead-letter queue with the reason.
+
+use crate::render::message;
+use crate::Context;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use relay_shared::adapters::aws::{DeadLetter, DynamoStore, SqsQueue};
+use relay_shared::domain::delivery::{DeliveryId, DeliveryStatus};
+use relay_shared::pipeline::dispatch::Dispatcher;
+use relay_shared::ports::queue::{DispatchJob, Message, QueueName};
+use relay_shared::ports::{DeliveryStore, Queue, Transport};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The dispatch handler, built once per container.
+pub struct DispatchHandler {
+    dispatcher: Dispatcher,
+    store: Arc<DynamoStore>,
+    queue: Arc<SqsQueue>,
+    ctx: Context,
+}
+
+impl DispatchHandler {
+    /// Wires the dispatcher to the AWS adapters and an HTTP transport.
+    pub fn new(ctx: &Context, transport: Arc<dyn Transport>, seed: Option<u64>) -> Self {
+        Self {
+            dispatcher: Dispatcher::new(
+                ctx.config.clone(),
+                ctx.aws.store.clone(),
+                ctx.aws.store.clone(),
+                ctx.aws.queue.clone(),
+                ctx.aws.credentials.clone(),
+                transport,
+                ctx.clock.clone(),
+                seed,
+            ),
+            store: ctx.aws.store.clone(),
+            queue: ctx.aws.queue.clone(),
+            ctx: ctx.clone(),
+        }
+    }
+
+    /// Handles one batch; the answer names the messages SQS should keep (retries, and all
+    /// of them when the store failed).
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        let mut ids_by_handle: HashMap<String, String> = HashMap::new();
+        let mut messages: Vec<Message> = Vec::with_capacity(event.records.len());
+        for record in &event.records {
+            let m = message(record);
+            ids_by_handle.insert(
+                m.handle.clone(),
+                record.message_id.clone().unwrap_or_default(),
+            );
+            messages.push(m);
+        }
+        let messages = match self.defer_early(messages).await {
+            Ok((ready, deferred)) => {
+                for h in deferred {
+                    response.add_failure(ids_by_handle.get(&h).cloned().unwrap_or_default());
+                }
+                ready
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read deliveries; SQS will deliver the batch again");
+                for id in ids_by_handle.into_values() {
+                    response.add_failure(id);
+                }
+                return response;
+            }
+        };
+        let handles: Vec<String> = messages.iter().map(|m| m.handle.clone()).collect();
+        let report = match self.dispatcher.handle(messages).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "dispatch failed; SQS will deliver the batch again");
+                for h in handles {
+                    response.add_failure(ids_by_handle.get(&h).cloned().unwrap_or_default());
+                }
+                return response;
+            }
+        };
+        tracing::info!(
+            sent = report.sent,
+            dry_run = report.dry_run,
+            retrying = report.retrying,
+            dead = report.dead,
+            calls = report.calls,
+            duplicates = report.duplicates,
+            "dispatch batch"
+        );
+        for h in &report.retried_handles {
+            response.add_failure(ids_by_handle.get(h).cloned().unwrap_or_default());
+        }
+        self.dead_letter(&report.dead_ids).await;
+        response
+    }
+
+    /// SQS hides a message for 12 hours at most, so a retry due later than that comes back
+    /// early. The core would drop such a copy (the scheduled one being elsewhere in the
+    /// queue); here it is the scheduled one, so it is hidden again until it is due.
+    async fn defer_early(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<(Vec<Message>, Vec<String>), relay_shared::ports::StoreError> {
+        let ids: Vec<DeliveryId> = messages
+            .iter()
+            .filter_map(|m| serde_json::from_str::<DispatchJob>(&m.body).ok())
+            .map(|j| j.delivery)
+            .collect();
+        let now_ms = self.ctx.clock.now_ms();
+        let due: HashMap<DeliveryId, i64> = self
+            .store
+            .get_many(&ids)
+            .await?
+            .into_iter()
+            .filter(|d| d.status == DeliveryStatus::Retrying)
+            .filter_map(|d| d.next_attempt_at.map(|t| (d.id, t)))
+            .filter(|(_, t)| *t > now_ms + 1000)
+            .collect();
+        if due.is_empty() {
+            return Ok((messages, Vec::new()));
+        }
+        let mut ready = Vec::with_capacity(messages.len());
+        let mut deferred = Vec::new();
+        for m in messages {
+            let at = serde_json::from_str::<DispatchJob>(&m.body)
+                .ok()
+                .and_then(|j| due.get(&j.delivery).copied());
+            match at {
+                Some(at) => {
+                    let wait = Duration::from_millis((at - now_ms).max(0) as u64);
+                    let handle = m.handle.clone();
+                    if let Err(e) = self
+                        .queue
+                        .requeue_many(QueueName::Dispatch, &[(m, wait)])
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot hide an early retry; it will be seen again");
+                    }
+                    deferred.push(handle);
+                }
+                None => ready.push(m),
+            }
+        }
+        Ok((ready, deferred))
+    }
+
+    /// Sends the deliveries that died in this batch to the dispatch dead-letter queue. Their
+    /// records stay in DynamoDB, dead, listable and replayable, whatever happens here.
+    async fn dead_letter(&self, ids: &[DeliveryId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let records = match self.store.get_many(ids).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read dead deliveries to dead-letter them");
+                return;
+            }
+        };
+        let letters: Vec<DeadLetter> = records
+            .iter()
+            .map(|d| DeadLetter {
+                body: serde_json::json!({
+                    "delivery": d.id,
+                    "event_id": d.event_id,
+                    "rule": d.rule,
+                    "action": d.action,
+                    "attempts": d.attempts,
+                })
+                .to_string(),
+                reason: d
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "given up".to_string()),
+            })
+            .collect();
+        if let Err(e) = self.queue.dead_letter(QueueName::Dispatch, &letters).await {
+            tracing::error!(error = %e, "cannot send dead letters; the deliveries stay dead in the table");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The AWS emulator for the tests: a fresh table (created from template.yaml's definition, so
+//! the two cannot drift), four queues and a secret per test, on the moto server that
+//! `scripts/test` starts at `RELAY_TEST_AWS_ENDPOINT`.
+#![allow(dead_code)]
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use relay_lambda::Context;
+use relay_shared::adapters::aws::{AwsSettings, SdkConfig};
+use relay_shared::ports::clock::Clock;
+use relay_shared::rules::config::Config;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The emulator's URL, or a failure that says how to get one: these tests never pass
+/// silently without it.
+pub fn endpoint() -> String {
+    match std::env::var("RELAY_TEST_AWS_ENDPOINT") {
+        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
+        _ => panic!(
+            "RELAY_TEST_AWS_ENDPOINT is not set: the AWS tests need the moto emulator. Run \
+             `scripts/test`, which installs and starts it, or start `moto_server -H 127.0.0.1 \
+             -p 5000` yourself and export RELAY_TEST_AWS_ENDPOINT=http://127.0.0.1:5000"
+        ),
+    }
+}
+
+/// A file of `events/aws/`.
+pub fn fixture(name: &str) -> String {
+    let path = repo_root().join("events/aws").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One test's resources on the emulator.
+pub struct Emulator {
+    /// The SDK configuration pointing at the emulator.
+    pub sdk: SdkConfig,
+    /// The resources' names, as a function's environment gives them.
+    pub settings: AwsSettings,
+    /// Raw clients, to look behind the adapters.
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    /// Raw SQS client.
+    pub sqs: aws_sdk_sqs::Client,
+    /// Raw Secrets Manager client.
+    pub secrets: aws_sdk_secretsmanager::Client,
+}
+
+/// The secret the tests use: one inbound key, SmartEmailing credentials when given.
+pub fn secret_json(smartemailing: Option<(&str, &str)>) -> String {
+    let se = match smartemailing {
+        Some((u, k)) => json!({"username": u, "api_key": k}),
+        None => json!({"username": "", "api_key": ""}),
+    };
+    json!({"smartemailing": se, "api_keys": ["fixture-api-key"], "webhook_secrets": {"crm_token": "crm-secret-1"}})
+        .to_string()
+}
+
+impl Emulator {
+    /// Creates a table, the queues and the secret, with fresh names.
+    pub async fn start(secret: &str) -> Emulator {
+        let sdk = relay_shared::adapters::aws::emulator_config(&endpoint()).await;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+        let table = unique("relay");
+        create_table(&dynamodb, &table).await;
+        let mut urls = Vec::new();
+        for name in ["render-dlq", "dispatch-dlq"] {
+            urls.push(create_queue(&sqs, &unique(name), None).await);
+        }
+        let render = create_queue(&sqs, &unique("render"), Some(&urls[0])).await;
+        let dispatch = create_queue(&sqs, &unique("dispatch"), Some(&urls[1])).await;
+        let secret_id = unique("relay-secret");
+        secrets
+            .create_secret()
+            .name(&secret_id)
+            .secret_string(secret)
+            .send()
+            .await
+            .expect("create the secret");
+        Emulator {
+            settings: AwsSettings {
+                table,
+                render_queue_url: render,
+                dispatch_queue_url: dispatch,
+                render_dlq_url: Some(urls[0].clone()),
+                dispatch_dlq_url: Some(urls[1].clone()),
+                secret_id,
+            },
+            sdk,
+            dynamodb,
+            sqs,
+            secrets,
+        }
+    }
+
+    /// A function context on these resources.
+    pub fn context(&self, config: Config, clock: Arc<dyn Clock>) -> Context {
+        Context::new(config, &self.sdk, &self.settings, clock)
+    }
+
+    /// Every message waiting in a queue (received, so hidden for 30 s).
+    pub async fn receive_all(&self, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .expect("receive");
+            let msgs = got.messages.unwrap_or_default();
+            if msgs.is_empty() {
+                return out;
+            }
+            out.extend(msgs);
+        }
+    }
+
+    /// Waits (up to `patience`) for messages to become visible in a queue, and takes them.
+    pub async fn receive_within(
+        &self,
+        url: &str,
+        patience: std::time::Duration,
+    ) -> Vec<aws_sdk_sqs::types::Message> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Long polling: the emulator answers as soon as a message is visible.
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .expect("receive");
+            let msgs = got.messages.unwrap_or_default();
+            if !msgs.is_empty() || tokio::time::Instant::now() >= deadline {
+                return msgs;
+            }
+        }
+    }
+
+    /// Does what Lambda's event source mapping does after a handler: deletes the messages
+    /// that were not reported as failures.
+    pub async fn settle(
+        &self,
+        url: &str,
+        messages: &[aws_sdk_sqs::types::Message],
+        response: &SqsBatchResponse,
+    ) {
+        let failed: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        for m in messages {
+            if !failed.contains(&m.message_id().unwrap_or_default()) {
+                // A message the handler already deleted is fine to delete again.
+                let _ = self
+                    .sqs
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await;
+            }
+        }
+    }
+
+    /// Every item of the table.
+    pub async fn items(
+        &self,
+    ) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        self.dynamodb
+            .scan()
+            .table_name(&self.settings.table)
+            .send()
+            .await
+            .expect("scan")
+            .items
+            .unwrap_or_default()
+    }
+
+    /// How many messages a queue holds, visible or not.
+    pub async fn depth(&self, url: &str) -> usize {
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes
+            .unwrap_or_default();
+        attrs.values().filter_map(|v| v.parse::<usize>().ok()).sum()
+    }
+}
+
+/// The messages as Lambda's SQS event source hands them to a function.
+pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> SqsEvent {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let attrs: serde_json::Map<String, Value> = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": attrs,
+                "messageAttributes": {},
+                "md5OfBody": m.md5_of_body(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "eu-central-1",
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({"Records": records})).expect("an SQS event")
+}
+
+async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str, dlq_url: Option<&str>) -> String {
+    let mut req = sqs.create_queue().queue_name(name);
+    if let Some(dlq) = dlq_url {
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(dlq)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("dlq arn")
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .expect("a queue arn");
+        req = req.attributes(
+            QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": arn, "maxReceiveCount": "30"}).to_string(),
+        );
+    }
+    req.send()
+        .await
+        .expect("create a queue")
+        .queue_url
+        .expect("a queue url")
+}
+
+/// The table's definition in template.yaml.
+fn table_definition() -> serde_yaml::Value {
+    let text = std::fs::read_to_string(repo_root().join("template.yaml")).expect("template.yaml");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("template.yaml is YAML");
+    doc["Resources"]["Table"]["Properties"].clone()
+}
+
+fn str_of(v: &serde_yaml::Value) -> &str {
+    v.as_str().expect("a string in the table definition")
+}
+
+fn key_schema(v: &serde_yaml::Value) -> Vec<KeySchemaElement> {
+    v.as_sequence()
+        .expect("a key schema")
+        .iter()
+        .map(|k| {
+            KeySchemaElement::builder()
+                .attribute_name(str_of(&k["AttributeName"]))
+                .key_type(KeyType::from(str_of(&k["KeyType"])))
+                .build()
+                .expect("a key")
+        })
+        .collect()
+}
+
+async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, name: &str) {
+    let def = table_definition();
+    let attrs: Vec<AttributeDefinition> = def["AttributeDefinitions"]
+        .as_sequence()
+        .expect("attribute definitions")
+        .iter()
+        .map(|a| {
+            AttributeDefinition::builder()
+                .attribute_name(str_of(&a["AttributeName"]))
+                .attribute_type(ScalarAttributeType::from(str_of(&a["AttributeType"])))
+                .build()
+                .expect("an attribute")
+        })
+        .collect();
+    let indexes: Vec<GlobalSecondaryIndex> = def["GlobalSecondaryIndexes"]
+        .as_sequence()
+        .expect("indexes")
+        .iter()
+        .map(|g| {
+            GlobalSecondaryIndex::builder()
+                .index_name(str_of(&g["IndexName"]))
+                .set_key_schema(Some(key_schema(&g["KeySchema"])))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::from(str_of(
+                            &g["Projection"]["ProjectionType"],
+                        )))
+                        .build(),
+                )
+                .build()
+                .expect("an index")
+        })
+        .collect();
+    assert_eq!(str_of(&def["BillingMode"]), "PAY_PER_REQUEST");
+    dynamodb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_attribute_definitions(Some(attrs))
+        .set_key_schema(Some(key_schema(&def["KeySchema"])))
+        .set_global_secondary_indexes(Some(indexes))
+        .send()
+        .await
+        .expect("create the table");
+    let ttl = str_of(&def["TimeToLiveSpecification"]["AttributeName"]);
+    dynamodb
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(ttl)
+                .enabled(true)
+                .build()
+                .expect("ttl"),
+        )
+        .send()
+        .await
+        .expect("enable ttl");
+}

@@ -1,0 +1,160 @@
+//! The AWS adapters: DynamoDB (events and deliveries), SQS (the queues and their dead
+//! letters) and Secrets Manager (credentials). Behind the `aws` feature so the local build
+//! does not compile the AWS SDK.
+//!
+//! Every client honours `AWS_ENDPOINT_URL` (and the per-service `AWS_ENDPOINT_URL_<SERVICE>`)
+//! through aws-config's default chain, so tests point them at a local emulator.
+
+pub mod dynamodb;
+pub mod secrets;
+pub mod sqs;
+
+pub use dynamodb::DynamoStore;
+pub use secrets::SecretsManagerCredentials;
+pub use sqs::{DeadLetter, SqsQueue};
+
+pub use aws_config::SdkConfig;
+
+use crate::ports::clock::Clock;
+use aws_config::BehaviorVersion;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use std::sync::Arc;
+
+/// An HTTP client for the SDK: rustls on ring, like reqwest's (no OpenSSL, no aws-lc).
+pub fn http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// Loads the SDK configuration from the environment: region, credentials, and the endpoint
+/// override `AWS_ENDPOINT_URL` when set.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
+        .load()
+        .await
+}
+
+/// An SDK configuration for a local emulator (moto, LocalStack) at `endpoint`: fixed test
+/// credentials and region, nothing read from the environment.
+pub async fn emulator_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_dynamodb::config::Region::new("eu-central-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "emulator",
+        ))
+        .load()
+        .await
+}
+
+/// Where the deployment's resources are, read from the function's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsSettings {
+    /// The DynamoDB table (`TABLE_NAME`).
+    pub table: String,
+    /// The render queue's URL (`RENDER_QUEUE_URL`).
+    pub render_queue_url: String,
+    /// The dispatch queue's URL (`DISPATCH_QUEUE_URL`).
+    pub dispatch_queue_url: String,
+    /// The render dead-letter queue's URL (`RENDER_DLQ_URL`), where poison jobs go.
+    pub render_dlq_url: Option<String>,
+    /// The dispatch dead-letter queue's URL (`DISPATCH_DLQ_URL`), where dead deliveries go.
+    pub dispatch_dlq_url: Option<String>,
+    /// The secret's name or ARN (`SECRET_ID`).
+    pub secret_id: String,
+}
+
+/// A setting the function's environment lacks.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the environment variable {0} is not set (template.yaml sets it for each function)")]
+pub struct MissingSetting(pub &'static str);
+
+impl AwsSettings {
+    /// Reads the settings from the environment.
+    pub fn from_env() -> Result<Self, MissingSetting> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the settings through `get` (the environment, or a test's map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, MissingSetting> {
+        let opt = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let req = |k: &'static str| opt(k).ok_or(MissingSetting(k));
+        Ok(Self {
+            table: req("TABLE_NAME")?,
+            render_queue_url: req("RENDER_QUEUE_URL")?,
+            dispatch_queue_url: req("DISPATCH_QUEUE_URL")?,
+            render_dlq_url: opt("RENDER_DLQ_URL"),
+            dispatch_dlq_url: opt("DISPATCH_DLQ_URL"),
+            secret_id: req("SECRET_ID")?,
+        })
+    }
+}
+
+/// The adapters a function needs, built once per container.
+#[derive(Clone)]
+pub struct AwsAdapters {
+    /// Events and deliveries.
+    pub store: Arc<DynamoStore>,
+    /// The queues and their dead letters.
+    pub queue: Arc<SqsQueue>,
+    /// Credentials and API keys.
+    pub credentials: Arc<SecretsManagerCredentials>,
+}
+
+impl AwsAdapters {
+    /// Builds the clients from one SDK configuration.
+    pub fn new(sdk: &SdkConfig, settings: &AwsSettings, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store: Arc::new(DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                settings.table.clone(),
+            )),
+            queue: Arc::new(SqsQueue::new(
+                aws_sdk_sqs::Client::new(sdk),
+                sqs::QueueUrls {
+                    render: settings.render_queue_url.clone(),
+                    dispatch: settings.dispatch_queue_url.clone(),
+                    render_dlq: settings.render_dlq_url.clone(),
+                    dispatch_dlq: settings.dispatch_dlq_url.clone(),
+                },
+            )),
+            credentials: Arc::new(SecretsManagerCredentials::new(
+                aws_sdk_secretsmanager::Client::new(sdk),
+                settings.secret_id.clone(),
+                clock,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn settings_name_what_is_missing() {
+        let mut env: HashMap<&str, &str> = HashMap::from([
+            ("TABLE_NAME", "relay"),
+            ("RENDER_QUEUE_URL", "http://q/render"),
+            ("DISPATCH_QUEUE_URL", "http://q/dispatch"),
+            ("DISPATCH_DLQ_URL", " "),
+        ]);
+        let read = |env: &HashMap<&str, &str>| {
+            AwsSettings::from_lookup(|k| env.get(k).map(|v| v.to_string()))
+        };
+        let err = read(&env).unwrap_err();
+        assert!(err.to_string().contains("SECRET_ID"), "{err}");
+        env.insert("SECRET_ID", "relay/secrets");
+        let s = read(&env).unwrap();
+        assert_eq!(s.table, "relay");
+        assert_eq!(s.dispatch_dlq_url, None, "a blank value counts as unset");
+    }
+}

@@ -1,0 +1,1040 @@
+//! One SQLite file holding the events (idempotency records), the deliveries and the two
+//! queues, with the same semantics as the DynamoDB table and the SQS queues on AWS.
+
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use crate::domain::event::EventId;
+use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
+use crate::ports::clock::Clock;
+use crate::ports::queue::{Message, QueueName};
+use crate::ports::{
+    ContactStore, DeliveryFilter, DeliveryStore, EventStore, Queue, QueueError, StoreError,
+    TimerStore,
+};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    payload_hash TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    in_progress_until INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    action TEXT NOT NULL,
+    action_index INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    last_response TEXT,
+    sent_at TEXT,
+    next_attempt_at INTEGER,
+    request TEXT,
+    created_at INTEGER NOT NULL,
+    chain_depth INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries(event_id, created_at);
+CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries(status, created_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    leased INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(queue, visible_at);
+CREATE TABLE IF NOT EXISTS timers (
+    correlation TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    due_at INTEGER NOT NULL,
+    PRIMARY KEY (correlation, delivery_id)
+);
+CREATE TABLE IF NOT EXISTS birthdays (
+    email TEXT PRIMARY KEY,
+    month INTEGER NOT NULL,
+    day INTEGER NOT NULL,
+    birthday TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS birthdays_by_day ON birthdays(month, day, email);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#;
+
+/// The local store: events, deliveries and queues in one SQLite database.
+///
+/// Every write of the async ports goes to one store thread, which folds the writes waiting
+/// into one transaction, each op in its own savepoint (all or nothing), and answers them all
+/// after one commit: one `fsync` for the lot, never on an async worker. Reads go to a second
+/// connection and run in place: in WAL mode a reader never waits for a commit.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// The connection every write goes through (the store thread; the runner at start).
+    conn: Arc<Mutex<Connection>>,
+    /// The connection for reads.
+    reader: Arc<Mutex<Connection>>,
+    clock: Arc<dyn Clock>,
+    /// The store thread, started on first use; it ends when the last clone is dropped.
+    ops: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<StoreOp>>>,
+}
+
+/// One write for the store thread: it runs the op inside the shared transaction and gives
+/// back what answers the caller once the commit is known.
+type StoreOp = Box<dyn FnOnce(&mut Connection) -> Answer + Send>;
+/// Answers the caller with the op's result, or with why the commit failed.
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// The most ops folded into one commit.
+const GROUP_COMMIT_MAX: usize = 512;
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn queue_err(e: impl std::fmt::Display, n: usize) -> QueueError {
+    QueueError {
+        failed: (0..n).collect(),
+        message: e.to_string(),
+    }
+}
+
+/// Runs the statement `sql` once per item, all or nothing: in a savepoint of its own (inside
+/// the store thread's transaction) or, outside one, as its own transaction.
+fn execute_each<T>(
+    conn: &mut Connection,
+    sql: &str,
+    items: &[T],
+    mut execute: impl FnMut(&mut rusqlite::CachedStatement<'_>, &T) -> rusqlite::Result<usize>,
+) -> rusqlite::Result<()> {
+    let sp = conn.savepoint()?;
+    {
+        let mut stmt = sp.prepare_cached(sql)?;
+        for item in items {
+            execute(&mut stmt, item)?;
+        }
+    }
+    sp.commit()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `relay.db` in the state directory.
+    pub fn open(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
+        let conn = Connection::open(state_dir.join("relay.db")).map_err(unavailable)?;
+        // WAL keeps readers off the writer's back; FULL syncs each commit, so an answer of
+        // 202 means the event is on disk. Each op of a group commit runs in a savepoint, whose
+        // journal stays in memory (temp_store), not in a temporary file.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;",
+        )
+        .map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        let reader = Connection::open(state_dir.join("relay.db")).map_err(unavailable)?;
+        reader
+            .execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")
+            .map_err(unavailable)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+            clock,
+            ops: Arc::new(std::sync::OnceLock::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the write `op` on the store thread and waits for its group's commit. The op
+    /// works in a savepoint of its own (`conn.savepoint()`): its error or panic rolls back
+    /// its writes only. `Err` when the op panicked or the commit failed.
+    async fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let ops = self.ops.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<StoreOp>();
+            let conn = self.conn.clone();
+            std::thread::Builder::new()
+                .name("relay-store".into())
+                .spawn(move || store_thread(conn, rx))
+                .ok();
+            tx
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        ops.send(Box::new(move |conn: &mut Connection| -> Answer {
+            let result = op(conn);
+            Box::new(move |committed: Result<(), String>| {
+                let _ = reply.send(committed.map(|()| result));
+            })
+        }))
+        .map_err(|_| "the store thread has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the store could not run the operation (see the log)".to_string())?
+    }
+
+    /// Makes every leased message visible again: the process that held them is gone.
+    /// Only the one process that runs the workers may call this, at its start.
+    pub fn release_leases(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now_ms();
+        self.lock()
+            .execute(
+                "UPDATE jobs SET leased = 0, visible_at = ?1 WHERE leased = 1",
+                params![now],
+            )
+            .map_err(unavailable)
+    }
+
+    /// Lets a retry take over every IN_PROGRESS event claim at once: their holder (the
+    /// previous process) is gone. A job it did enqueue is harmless to enqueue again, since
+    /// delivery ids are derived from the event. Only the runner may call this, at its start.
+    pub fn expire_claims(&self) -> Result<usize, StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE events SET in_progress_until = 0 WHERE status = 'IN_PROGRESS'",
+                [],
+            )
+            .map_err(unavailable)
+    }
+
+    /// Whether a queue has nothing due at the store's clock time and nothing being worked on.
+    pub fn is_idle(&self, queue: QueueName) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        self.read()
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE queue = ?1 AND (leased = 1 OR visible_at <= ?2)",
+                params![queue.as_str(), now],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n == 0)
+            .map_err(unavailable)
+    }
+
+    /// Remembers many birthdays in one transaction (imports, tests).
+    pub fn remember_birthdays(
+        &self,
+        list: &[(String, chrono::NaiveDate)],
+    ) -> Result<(), StoreError> {
+        use chrono::Datelike;
+        execute_each(
+            &mut self.lock(),
+            REMEMBER_BIRTHDAY,
+            list,
+            |stmt, (email, b)| {
+                stmt.execute(params![
+                    email.to_lowercase(),
+                    b.month(),
+                    b.day(),
+                    b.format("%Y-%m-%d").to_string()
+                ])
+            },
+        )
+        .map_err(unavailable)
+    }
+
+    /// A value the runner keeps between runs (e.g. the date of the last birthday run).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read()
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(unavailable)
+    }
+
+    /// Sets a kept value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// How many messages wait in a queue (visible or not).
+    pub fn queue_depth(&self, queue: QueueName) -> Result<usize, StoreError> {
+        self.read()
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE queue = ?1",
+                params![queue.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as usize)
+            .map_err(unavailable)
+    }
+
+    /// When the next message of a queue becomes visible (Unix ms), if any waits.
+    pub fn next_visible_at(&self, queue: QueueName) -> Result<Option<i64>, StoreError> {
+        self.read()
+            .query_row(
+                "SELECT MIN(visible_at) FROM jobs WHERE queue = ?1",
+                params![queue.as_str()],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(unavailable)
+    }
+}
+
+/// The store thread: takes every write waiting (up to `GROUP_COMMIT_MAX`), runs them in one
+/// transaction and commits once, then answers each.
+fn store_thread(conn: Arc<Mutex<Connection>>, ops: std::sync::mpsc::Receiver<StoreOp>) {
+    while let Ok(first) = ops.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMIT_MAX {
+            match ops.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the ops unrun answers each caller with an error.
+            tracing::error!(error = %e, ops = group.len(), "the store cannot begin a transaction");
+            continue;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for op in group {
+            // A panicking op drops its reply (its caller gets an error); its savepoint
+            // rolls back as it unwinds, and the others go on.
+            if let Ok(answer) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut conn)))
+            {
+                answers.push(answer);
+            }
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "the store could not commit");
+            format!("the store could not commit: {e}")
+        });
+        drop(conn);
+        for answer in answers {
+            answer(committed.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl crate::ports::AtomicAccept for SqliteStore {
+    async fn accept_atomic(
+        &self,
+        records: Vec<EventRecord>,
+        bodies: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Vec<Begin>, StoreError> {
+        self.run(move |conn| {
+            // All or nothing: a conflicting id rolls back the whole call.
+            let sp = conn.savepoint().map_err(unavailable)?;
+            let mut claims = Vec::with_capacity(records.len());
+            let mut conflict = false;
+            {
+                let mut enqueue = sp.prepare_cached(ENQUEUE).map_err(unavailable)?;
+                for (record, body) in records.iter().zip(&bodies) {
+                    let claim = claim_event(&sp, record, now_ms)?;
+                    if let Begin::Existing(held) = &claim {
+                        conflict |= held.payload_hash != record.payload_hash
+                            || held.status == RecordStatus::InProgress;
+                        claims.push(claim);
+                        continue;
+                    }
+                    enqueue
+                        .execute(params![QueueName::Render.as_str(), body, now_ms])
+                        .map_err(unavailable)?;
+                    claims.push(Begin::Started);
+                }
+            }
+            if !conflict {
+                sp.commit().map_err(unavailable)?;
+            }
+            Ok(claims)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+/// Claims one event id inside a transaction: `Started` (stored) when free, expired or held
+/// IN_PROGRESS past its lease; otherwise the record that holds it.
+fn claim_event(tx: &Connection, record: &EventRecord, now_ms: i64) -> Result<Begin, StoreError> {
+    let existing = tx
+        .prepare_cached("SELECT * FROM events WHERE id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![record.id.as_str()], event_from_row)
+        .optional()
+        .map_err(unavailable)?;
+    if let Some(held) = existing {
+        if !held.is_claimable(now_ms) {
+            return Ok(Begin::Existing(held));
+        }
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO events (id, type, payload_hash, body, received_at, status, in_progress_until, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(unavailable)?
+    .execute(params![
+        record.id.as_str(),
+        record.kind,
+        record.payload_hash,
+        record.event.to_string(),
+        record.received_at,
+        record.status.as_str(),
+        record.in_progress_until,
+        record.expires_at
+    ])
+    .map_err(unavailable)?;
+    Ok(Begin::Started)
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
+    let body: String = row.get("body")?;
+    let status: String = row.get("status")?;
+    Ok(EventRecord {
+        id: EventId::from_stored(row.get::<_, String>("id")?),
+        kind: row.get("type")?,
+        payload_hash: row.get("payload_hash")?,
+        event: serde_json::from_str(&body).unwrap_or_default(),
+        received_at: row.get("received_at")?,
+        status: RecordStatus::parse(&status).unwrap_or(RecordStatus::InProgress),
+        in_progress_until: row.get("in_progress_until")?,
+        expires_at: row.get("expires_at")?,
+    })
+}
+
+/// Enqueues one job: queue, body, visible at (Unix ms).
+const ENQUEUE: &str = "INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)";
+
+/// Remembers one birthday (the latest given wins): e-mail (lower case), month, day, date.
+const REMEMBER_BIRTHDAY: &str = "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT(email) DO UPDATE SET month = excluded.month, day = excluded.day, birthday = excluded.birthday";
+
+const DELIVERY_COLUMNS: &str = "id, event_id, rule, action, action_index, status, attempts, last_error, last_response, sent_at, next_attempt_at, request, created_at, chain_depth";
+
+fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    let status: String = row.get(5)?;
+    let request: Option<String> = row.get(11)?;
+    Ok(DeliveryRecord {
+        id: DeliveryId::from_stored(row.get::<_, String>(0)?),
+        event_id: EventId::from_stored(row.get::<_, String>(1)?),
+        rule: row.get(2)?,
+        action: row.get(3)?,
+        action_index: row.get::<_, i64>(4)? as usize,
+        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        attempts: row.get::<_, i64>(6)? as u32,
+        last_error: row.get(7)?,
+        last_response: row.get(8)?,
+        sent_at: row.get(9)?,
+        next_attempt_at: row.get(10)?,
+        request: request.and_then(|r| serde_json::from_str::<Prepared>(&r).ok()),
+        created_at: row.get(12)?,
+        chain_depth: row.get::<_, i64>(13)? as u32,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn begin(&self, record: &EventRecord, now_ms: i64) -> Result<Begin, StoreError> {
+        let mut all = self
+            .begin_many(std::slice::from_ref(record), now_ms)
+            .await?;
+        all.pop()
+            .ok_or_else(|| StoreError::Corrupt("no claim".into()))
+    }
+
+    async fn begin_many(
+        &self,
+        records: &[EventRecord],
+        now_ms: i64,
+    ) -> Result<Vec<Begin>, StoreError> {
+        let records = records.to_vec();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            let mut out = Vec::with_capacity(records.len());
+            for record in &records {
+                out.push(claim_event(&tx, record, now_ms)?);
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn complete_many(&self, ids: &[EventId]) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.run(move |conn| {
+            execute_each(
+                conn,
+                "UPDATE events SET status = 'COMPLETED' WHERE id = ?1",
+                &ids,
+                |stmt, id| stmt.execute(params![id.as_str()]),
+            )
+            .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn complete(&self, id: &EventId) -> Result<(), StoreError> {
+        self.complete_many(std::slice::from_ref(id)).await
+    }
+
+    async fn release(&self, id: &EventId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "DELETE FROM events WHERE id = ?1 AND status = 'IN_PROGRESS'",
+                params![id.as_str()],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let conn = self.read();
+        conn.query_row(
+            "SELECT * FROM events WHERE id = ?1",
+            params![id],
+            event_from_row,
+        )
+        .optional()
+        .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn insert_new(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        self.run(move |conn| {
+            let sql = format!(
+                "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            );
+            execute_each(conn, &sql, &records, |stmt, r| {
+                stmt.execute(params![
+                    r.id.as_str(),
+                    r.event_id.as_str(),
+                    r.rule,
+                    r.action,
+                    r.action_index as i64,
+                    r.status.as_str(),
+                    r.attempts as i64,
+                    r.last_error,
+                    r.last_response,
+                    r.sent_at,
+                    r.next_attempt_at,
+                    request_json(r),
+                    r.created_at,
+                    r.chain_depth as i64
+                ])
+            })
+            .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
+            ))
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = stmt
+                .query_row(params![id.as_str()], delivery_from_row)
+                .optional()
+                .map_err(unavailable)?
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        self.save_many(std::slice::from_ref(r)).await
+    }
+
+    async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        self.run(move |conn| {
+            execute_each(
+                conn,
+                "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
+                 next_attempt_at = ?7, request = ?8 WHERE id = ?1",
+                &records,
+                |stmt, r| {
+                    stmt.execute(params![
+                        r.id.as_str(),
+                        r.status.as_str(),
+                        r.attempts as i64,
+                        r.last_error,
+                        r.last_response,
+                        r.sent_at,
+                        r.next_attempt_at,
+                        request_json(r),
+                    ])
+                },
+            )
+            .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY created_at, chain_depth, rule, action_index"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![event_id], delivery_from_row)
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    }
+
+    async fn list(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let conn = self.read();
+        let limit = if f.limit == 0 {
+            i64::MAX
+        } else {
+            f.limit as i64
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR rule = ?2) AND (?3 IS NULL OR created_at >= ?3)
+                 ORDER BY created_at, id LIMIT ?4"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(
+                params![f.status.map(|s| s.as_str()), f.rule, f.since_ms, limit],
+                delivery_from_row,
+            )
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    }
+}
+
+/// The stored form of a delivery's rendered request.
+fn request_json(r: &DeliveryRecord) -> Option<String> {
+    r.request
+        .as_ref()
+        .map(|p| serde_json::to_string(p).unwrap_or_default())
+}
+
+#[async_trait]
+impl Queue for SqliteStore {
+    async fn send(
+        &self,
+        queue: QueueName,
+        bodies: Vec<String>,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let n = bodies.len();
+        let visible_at = self.clock.now_ms() + delay.as_millis() as i64;
+        self.run(move |conn| {
+            execute_each(conn, ENQUEUE, &bodies, |stmt, b| {
+                stmt.execute(params![queue.as_str(), b, visible_at])
+            })
+            .map_err(|e| queue_err(e, n))
+        })
+        .await
+        .map_err(|e| queue_err(e, n))?
+    }
+
+    async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        let now = self.clock.now_ms();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(|e| queue_err(e, 0))?;
+            let msgs = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id, body, receive_count FROM jobs WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
+                    )
+                    .map_err(|e| queue_err(e, 0))?;
+                let rows = stmt
+                    .query_map(params![queue.as_str(), now, max as i64], |r| {
+                        Ok(Message {
+                            handle: r.get::<_, i64>(0)?.to_string(),
+                            body: r.get(1)?,
+                            receive_count: r.get::<_, i64>(2)? as u32 + 1,
+                        })
+                    })
+                    .map_err(|e| queue_err(e, 0))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| queue_err(e, 0))?
+            };
+            if msgs.is_empty() {
+                // Nothing to lease: no write, no commit to wait for.
+                return Ok(msgs);
+            }
+            {
+                let mut upd = tx
+                    .prepare_cached("UPDATE jobs SET visible_at = ?2, leased = 1, receive_count = receive_count + 1 WHERE id = ?1")
+                    .map_err(|e| queue_err(e, 0))?;
+                let until = now + visibility.as_millis() as i64;
+                for m in &msgs {
+                    upd.execute(params![m.handle.parse::<i64>().unwrap_or(-1), until])
+                        .map_err(|e| queue_err(e, 0))?;
+                }
+            }
+            tx.commit().map_err(|e| queue_err(e, 0))?;
+            Ok(msgs)
+        })
+        .await
+        .map_err(|e| queue_err(e, 0))?
+    }
+
+    async fn ack(&self, _queue: QueueName, handles: &[String]) -> Result<(), QueueError> {
+        let handles = handles.to_vec();
+        let n = handles.len();
+        self.run(move |conn| {
+            execute_each(
+                conn,
+                "DELETE FROM jobs WHERE id = ?1",
+                &handles,
+                |stmt, h| stmt.execute(params![h.parse::<i64>().unwrap_or(-1)]),
+            )
+            .map_err(|e| queue_err(e, n))
+        })
+        .await
+        .map_err(|e| queue_err(e, n))?
+    }
+
+    async fn retry_after(
+        &self,
+        queue: QueueName,
+        handle: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.retry_after_many(queue, &[(handle.to_string(), delay)])
+            .await
+    }
+
+    async fn retry_after_many(
+        &self,
+        _queue: QueueName,
+        retries: &[(String, Duration)],
+    ) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let retries = retries.to_vec();
+        let n = retries.len();
+        self.run(move |conn| {
+            execute_each(
+                conn,
+                "UPDATE jobs SET visible_at = ?2, leased = 0 WHERE id = ?1",
+                &retries,
+                |stmt, (handle, delay)| {
+                    stmt.execute(params![
+                        handle.parse::<i64>().unwrap_or(-1),
+                        now + delay.as_millis() as i64
+                    ])
+                },
+            )
+            .map_err(|e| queue_err(e, n))
+        })
+        .await
+        .map_err(|e| queue_err(e, n))?
+    }
+}
+
+#[async_trait]
+impl TimerStore for SqliteStore {
+    async fn hold(
+        &self,
+        correlation: &str,
+        deliveries: &[DeliveryId],
+        due_ms: i64,
+    ) -> Result<(), StoreError> {
+        let correlation = correlation.to_string();
+        let deliveries = deliveries.to_vec();
+        self.run(move |conn| {
+            execute_each(
+                conn,
+                "INSERT OR IGNORE INTO timers (correlation, delivery_id, due_at) VALUES (?1, ?2, ?3)",
+                &deliveries,
+                |stmt, id| stmt.execute(params![correlation, id.as_str(), due_ms]),
+            )
+            .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn cancel(
+        &self,
+        correlation: &str,
+        except_event: &str,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        // Most events cancel nothing: look first on the reader, and only queue a write when
+        // there is something to cancel.
+        if cancellable(&self.read(), correlation, except_event)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let correlation = correlation.to_string();
+        let except_event = except_event.to_string();
+        self.run(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            let ids = cancellable(&tx, &correlation, &except_event)?;
+            for id in &ids {
+                tx.execute(
+                    "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,
+                     last_error = 'cancelled by a later event' WHERE id = ?1 AND status = 'scheduled'",
+                    params![id],
+                )
+                .map_err(unavailable)?;
+                tx.execute(
+                    "DELETE FROM timers WHERE correlation = ?1 AND delivery_id = ?2",
+                    params![correlation, id],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(ids.into_iter().map(DeliveryId::from_stored).collect())
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+/// The scheduled deliveries held under `correlation` by events other than `except_event`.
+fn cancellable(
+    conn: &Connection,
+    correlation: &str,
+    except_event: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT t.delivery_id FROM timers t JOIN deliveries d ON d.id = t.delivery_id
+             WHERE t.correlation = ?1 AND d.status = 'scheduled' AND d.event_id != ?2",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![correlation, except_event], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+#[async_trait]
+impl ContactStore for SqliteStore {
+    async fn remember_birthday(
+        &self,
+        email: &str,
+        birthday: chrono::NaiveDate,
+    ) -> Result<(), StoreError> {
+        use chrono::Datelike;
+        let email = email.to_lowercase();
+        self.run(move |conn| {
+            conn.execute(
+                REMEMBER_BIRTHDAY,
+                params![
+                    email,
+                    birthday.month(),
+                    birthday.day(),
+                    birthday.format("%Y-%m-%d").to_string()
+                ],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn birthdays_on(
+        &self,
+        month: u32,
+        day: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, chrono::NaiveDate)>, StoreError> {
+        let after = after.unwrap_or("");
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT email, birthday FROM birthdays WHERE month = ?1 AND day = ?2 AND email > ?3 ORDER BY email LIMIT ?4",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![month, day, after, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (email, b) = row.map_err(unavailable)?;
+            match chrono::NaiveDate::parse_from_str(&b, "%Y-%m-%d") {
+                Ok(d) => out.push((email, d)),
+                Err(_) => return Err(StoreError::Corrupt(format!("birthday of {email}: {b}"))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::clock::ManualClock;
+    use crate::ports::AtomicAccept;
+
+    const NOW_MS: i64 = 1_790_000_000_000;
+
+    fn store(dir: &Path) -> SqliteStore {
+        let start = chrono::DateTime::from_timestamp_millis(NOW_MS).unwrap();
+        SqliteStore::open(dir, Arc::new(ManualClock::new(start))).unwrap()
+    }
+
+    fn record(id: &str, hash: &str) -> EventRecord {
+        EventRecord {
+            id: EventId::from_stored(id.to_string()),
+            kind: "contact.created".into(),
+            payload_hash: hash.into(),
+            event: serde_json::json!({"id": id}),
+            received_at: NOW_MS,
+            status: RecordStatus::Completed,
+            in_progress_until: NOW_MS,
+            expires_at: NOW_MS / 1000 + 86_400,
+        }
+    }
+
+    async fn accept(s: &SqliteStore, ids: &[(&str, &str)]) -> Result<Vec<Begin>, StoreError> {
+        let records = ids.iter().map(|(id, h)| record(id, h)).collect();
+        let bodies = ids.iter().map(|(id, _)| format!("job {id}")).collect();
+        s.accept_atomic(records, bodies, NOW_MS).await
+    }
+
+    // Many accepts at once share commits; each stays all or nothing: the call that reuses a
+    // stored id with another payload stores none of its events, the others store all theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_accepts_are_each_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        accept(&s, &[("taken", "h1")]).await.unwrap();
+
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let s = s.clone();
+            calls.spawn(async move {
+                let fresh = format!("e{i}");
+                let ids: Vec<(&str, &str)> = if i == 17 {
+                    vec![(fresh.as_str(), "h"), ("taken", "other")]
+                } else {
+                    vec![(fresh.as_str(), "h")]
+                };
+                (i, accept(&s, &ids).await.unwrap())
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            let (i, claims) = done.unwrap();
+            if i == 17 {
+                assert!(matches!(claims[1], Begin::Existing(_)), "{claims:?}");
+            } else {
+                assert_eq!(claims, vec![Begin::Started]);
+            }
+        }
+        for i in 0..64 {
+            let stored = s.get(&format!("e{i}")).await.unwrap();
+            assert_eq!(stored.is_some(), i != 17, "event e{i}");
+        }
+        assert_eq!(s.get("taken").await.unwrap().unwrap().payload_hash, "h1");
+        assert_eq!(s.queue_depth(QueueName::Render).unwrap(), 1 + 63);
+    }
+
+    // An op that fails or panics answers its own caller with an error; the writes of the ops
+    // committed with it stand, and the store thread goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_op_spoils_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let (a, b, c) = tokio::join!(
+            s.send(QueueName::Render, vec!["a".into()], Duration::ZERO),
+            s.run(|conn| -> Result<(), StoreError> {
+                let sp = conn.savepoint().map_err(unavailable)?;
+                sp.execute(
+                    "INSERT INTO jobs (queue, body, visible_at) VALUES ('render', 'half', 0)",
+                    [],
+                )
+                .map_err(unavailable)?;
+                sp.execute("INSERT INTO no_such_table VALUES (1)", [])
+                    .map_err(unavailable)?;
+                sp.commit().map_err(unavailable)
+            }),
+            s.run(|_| -> () { panic!("a bug in one op") }),
+        );
+        a.unwrap();
+        assert!(matches!(b, Ok(Err(StoreError::Unavailable(_)))), "{b:?}");
+        assert!(c.is_err());
+        s.send(QueueName::Render, vec!["b".into()], Duration::ZERO)
+            .await
+            .unwrap();
+        let bodies: Vec<String> = s
+            .receive(QueueName::Render, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    // The answer comes after the commit: what a call was told is stored is on disk for a
+    // fresh connection (another process) to read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answered_writes_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        accept(&s, &[("x1", "h"), ("x2", "h")]).await.unwrap();
+        let other = Connection::open(dir.path().join("relay.db")).unwrap();
+        let n: i64 = other
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let jobs: i64 = other
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((n, jobs), (2, 2));
+    }
+}

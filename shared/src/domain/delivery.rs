@@ -1,0 +1,225 @@
+//! Deliveries: one rendered, frozen request per matched rule action, and its state.
+
+use crate::domain::event::EventId;
+use crate::domain::smartemailing::Endpoint;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// A delivery id: derived from the event, the rule and the action, so a re-render of the
+/// same event gives the same ids and the idempotency of sending carries over.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeliveryId(String);
+
+impl DeliveryId {
+    /// The id of action `index` of `rule` for `event`.
+    pub fn derive(event: &EventId, rule: &str, index: usize) -> Self {
+        let mut h = Sha256::new();
+        h.update(event.as_str().as_bytes());
+        h.update([0]);
+        h.update(rule.as_bytes());
+        h.update([0]);
+        h.update(index.to_string().as_bytes());
+        Self(format!("dlv_{}", &hex::encode(h.finalize())[..24]))
+    }
+
+    /// Wraps a stored id.
+    pub fn from_stored(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a webhook request authenticates; secrets are referenced by name, never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum AuthRef {
+    /// HTTP Basic with a password from the named secret.
+    Basic {
+        /// The user name (rendered).
+        username: String,
+        /// The secret holding the password.
+        password_secret: String,
+    },
+    /// `Authorization: Bearer` with the named secret.
+    Bearer {
+        /// The secret holding the token.
+        secret: String,
+    },
+}
+
+/// A rendered request, frozen so a retry sends exactly the same thing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Prepared {
+    /// One item of a SmartEmailing bulk call.
+    SmartEmailing {
+        /// The bulk endpoint.
+        endpoint: Endpoint,
+        /// Batch-level settings; only items with equal groups share a call.
+        group: Value,
+        /// This delivery's item of the call.
+        item: Value,
+    },
+    /// A request to any HTTP endpoint.
+    Http {
+        /// The method, upper case.
+        method: String,
+        /// The full URL.
+        url: String,
+        /// Headers, in order (no credentials).
+        headers: Vec<(String, String)>,
+        /// The body, when there is one.
+        body: Option<String>,
+        /// How to authenticate.
+        auth: Option<AuthRef>,
+    },
+}
+
+impl Prepared {
+    /// The key deliveries are coalesced by: equal keys may share one call.
+    pub fn bulk_key(&self, own_id: &DeliveryId) -> String {
+        match self {
+            Prepared::SmartEmailing {
+                endpoint, group, ..
+            } => {
+                format!("se:{}:{}", endpoint.path(), group)
+            }
+            Prepared::Http { .. } => format!("http:{own_id}"),
+        }
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt.
+    Pending,
+    /// Failed at least once; another attempt is scheduled.
+    Retrying,
+    /// Accepted by the target.
+    Sent,
+    /// Given up: a permanent error, the retries exhausted, or a template error.
+    Dead,
+    /// Not sent because there was nothing to send to (e.g. no recipient).
+    Skipped,
+    /// Rendered and recorded in dry-run mode; nothing was sent.
+    DryRun,
+    /// Held by a timer until its due time (a delayed rule or chain step).
+    Scheduled,
+    /// A timer cancelled by a later event (`unless`); never sent.
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    /// The status as written in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Skipped => "skipped",
+            DeliveryStatus::DryRun => "dry_run",
+            DeliveryStatus::Scheduled => "scheduled",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored status.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => DeliveryStatus::Pending,
+            "retrying" => DeliveryStatus::Retrying,
+            "sent" => DeliveryStatus::Sent,
+            "dead" => DeliveryStatus::Dead,
+            "skipped" => DeliveryStatus::Skipped,
+            "dry_run" => DeliveryStatus::DryRun,
+            "scheduled" => DeliveryStatus::Scheduled,
+            "cancelled" => DeliveryStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether nothing more will happen to it without a replay.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            DeliveryStatus::Pending | DeliveryStatus::Retrying | DeliveryStatus::Scheduled
+        )
+    }
+
+    /// Whether it counts as done for chaining.
+    pub fn is_success(self) -> bool {
+        matches!(self, DeliveryStatus::Sent | DeliveryStatus::DryRun)
+    }
+}
+
+/// A delivery and its state, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The delivery id.
+    pub id: DeliveryId,
+    /// The event it came from.
+    pub event_id: EventId,
+    /// The rule that matched.
+    pub rule: String,
+    /// The action's kind, e.g. `trigger_event`.
+    pub action: String,
+    /// The action's position in the rule.
+    pub action_index: usize,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Why the last attempt failed (or why it is dead or skipped).
+    pub last_error: Option<String>,
+    /// The last answer's status code and the start of its body.
+    pub last_response: Option<String>,
+    /// When it was sent (RFC 3339).
+    pub sent_at: Option<String>,
+    /// When the next attempt is due (Unix ms), while retrying.
+    pub next_attempt_at: Option<i64>,
+    /// The frozen request; `None` when rendering failed.
+    pub request: Option<Prepared>,
+    /// When it was created (Unix ms).
+    pub created_at: i64,
+    /// How many chained steps led here (0 for a rule matched directly).
+    pub chain_depth: u32,
+}
+
+impl DeliveryRecord {
+    /// The record as `GET /v1/events/{id}` shows it.
+    pub fn to_api(&self) -> Value {
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "rule": self.rule,
+            "action": self.action,
+            "status": self.status.as_str(),
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "sent_at": self.sent_at,
+        });
+        if self.status == DeliveryStatus::Scheduled {
+            v["due_at"] = self
+                .next_attempt_at
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+                .unwrap_or(Value::Null);
+        }
+        v
+    }
+}

@@ -1,4 +1,0 @@
-//! The local adapters (SQLite) and the runner behind `relay serve`.
-
-pub mod runner;
-pub mod sqlite;

@@ -1,0 +1,16 @@
+//! The ports: what the core needs from the outside world. The adapters (`crate::adapters`)
+//! implement them: SQLite locally, DynamoDB, SQS and Secrets Manager on AWS, reqwest for HTTP.
+
+pub mod clock;
+pub mod credentials;
+pub mod queue;
+pub mod store;
+pub mod transport;
+
+pub use clock::Clock;
+pub use credentials::{Credentials, SecretError};
+pub use queue::{Queue, QueueError};
+pub use store::{
+    AtomicAccept, ContactStore, DeliveryFilter, DeliveryStore, EventStore, StoreError, TimerStore,
+};
+pub use transport::{HttpRequest, HttpResponse, Transport, TransportError};

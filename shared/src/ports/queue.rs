@@ -1,0 +1,122 @@
+//! The queues between the steps (SQS semantics), their names, and the jobs that travel on them.
+
+use crate::domain::delivery::DeliveryId;
+use crate::domain::event::Event;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The two queues between the steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueName {
+    /// inbound (and chains, schedules) → render.
+    Render,
+    /// render → dispatch.
+    Dispatch,
+}
+
+impl QueueName {
+    /// The queue's name in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Render => "render",
+            QueueName::Dispatch => "dispatch",
+        }
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// What to pass to `ack` or `retry_after`.
+    pub handle: String,
+    /// The message body (a job, JSON).
+    pub body: String,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// Render an event: all rules listening for its type, or only the named ones (a chain step).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenderJob {
+    /// The event.
+    pub event: Event,
+    /// Only these rules (a chain step); `None` means match by type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<String>>,
+    /// How many chain steps led here.
+    #[serde(default)]
+    pub depth: u32,
+    /// A chain step's delay: the rules' actions are held until this long after the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+}
+
+/// Send one delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DispatchJob {
+    /// The delivery to send.
+    pub delivery: DeliveryId,
+}
+
+/// A queue failure: which of the messages sent were not enqueued.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the queue refused {} message(s): {message}", failed.len())]
+pub struct QueueError {
+    /// Positions (in the batch given) of the messages not enqueued; all of them when unknown.
+    pub failed: Vec<usize>,
+    /// What the queue said.
+    pub message: String,
+}
+
+/// A durable queue with visibility timeouts (SQS semantics).
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Enqueues messages, visible after `delay`.
+    async fn send(
+        &self,
+        queue: QueueName,
+        bodies: Vec<String>,
+        delay: Duration,
+    ) -> Result<(), QueueError>;
+    /// Takes up to `max` visible messages, hiding them for `visibility`.
+    async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Message>, QueueError>;
+    /// Deletes handled messages.
+    async fn ack(&self, queue: QueueName, handles: &[String]) -> Result<(), QueueError>;
+    /// Makes a message visible again after `delay` (a scheduled retry).
+    async fn retry_after(
+        &self,
+        queue: QueueName,
+        handle: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError>;
+    /// Puts received messages back to be seen again after their delays: a retry, a hold
+    /// while a circuit is open, a timer not yet due. Unlike `retry_after`, the queue has the
+    /// message itself, so it may send a fresh copy and delete the old one (SQS counts every
+    /// receive of a message towards its dead-letter limit; a long wait must not use it up).
+    async fn requeue_many(
+        &self,
+        queue: QueueName,
+        items: &[(Message, Duration)],
+    ) -> Result<(), QueueError> {
+        let retries: Vec<(String, Duration)> =
+            items.iter().map(|(m, d)| (m.handle.clone(), *d)).collect();
+        self.retry_after_many(queue, &retries).await
+    }
+    /// Schedules several retries (a queue may do it in one round trip).
+    async fn retry_after_many(
+        &self,
+        queue: QueueName,
+        retries: &[(String, Duration)],
+    ) -> Result<(), QueueError> {
+        for (handle, delay) in retries {
+            self.retry_after(queue, handle, *delay).await?;
+        }
+        Ok(())
+    }
+}

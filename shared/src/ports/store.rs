@@ -1,0 +1,140 @@
+//! The stores: events (idempotency records), deliveries, timers and contacts.
+
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus};
+use crate::domain::event::EventId;
+use crate::domain::idempotency::{Begin, EventRecord};
+use async_trait::async_trait;
+
+/// A storage failure. The core treats every one as transient: the work is retried.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused the operation.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read back.
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// Idempotency records of received events (which are also the events' store).
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Claims the record's key: `Started` when it was free, expired, or held IN_PROGRESS past
+    /// its lease; otherwise the record that holds it.
+    async fn begin(&self, record: &EventRecord, now_ms: i64) -> Result<Begin, StoreError>;
+    /// Claims several keys, in order, as `begin` would one by one (a store may do it in one
+    /// round trip).
+    async fn begin_many(
+        &self,
+        records: &[EventRecord],
+        now_ms: i64,
+    ) -> Result<Vec<Begin>, StoreError> {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(self.begin(r, now_ms).await?);
+        }
+        Ok(out)
+    }
+    /// Marks the key COMPLETED.
+    async fn complete(&self, id: &EventId) -> Result<(), StoreError>;
+    /// Marks several keys COMPLETED.
+    async fn complete_many(&self, ids: &[EventId]) -> Result<(), StoreError> {
+        for id in ids {
+            self.complete(id).await?;
+        }
+        Ok(())
+    }
+    /// Frees the key so the caller's retry can claim it.
+    async fn release(&self, id: &EventId) -> Result<(), StoreError>;
+    /// Reads a record.
+    async fn get(&self, id: &str) -> Result<Option<EventRecord>, StoreError>;
+}
+
+/// A store that can claim events and enqueue their render jobs in one commit (the local
+/// store; DynamoDB and SQS cannot share a transaction).
+#[async_trait]
+pub trait AtomicAccept: Send + Sync {
+    /// Claims `records` and enqueues `bodies[i]` for each record claimed, in one commit, the
+    /// records stored COMPLETED. When any claim meets a conflict (the same id with another
+    /// payload hash, or held IN_PROGRESS), nothing of this call is stored. Returns the claims.
+    async fn accept_atomic(
+        &self,
+        records: Vec<EventRecord>,
+        bodies: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Vec<Begin>, StoreError>;
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only this status.
+    pub status: Option<DeliveryStatus>,
+    /// Only this rule.
+    pub rule: Option<String>,
+    /// Only those created at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// At most this many (0 means no limit).
+    pub limit: usize,
+}
+
+/// Deliveries and their state.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Stores new deliveries; ids already stored are left as they are.
+    async fn insert_new(&self, records: &[DeliveryRecord]) -> Result<(), StoreError>;
+    /// Reads deliveries by id (missing ones are left out).
+    async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Writes a delivery's state.
+    async fn save(&self, record: &DeliveryRecord) -> Result<(), StoreError>;
+    /// Writes several deliveries' state (a store may do it in one round trip).
+    async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
+        for r in records {
+            self.save(r).await?;
+        }
+        Ok(())
+    }
+    /// Every delivery of an event, oldest first.
+    async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Deliveries matching a filter, oldest first.
+    async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError>;
+}
+
+/// Timers: deliveries held until a due time, findable by a correlation key so a later
+/// event can cancel them (`unless`).
+#[async_trait]
+pub trait TimerStore: Send + Sync {
+    /// Registers held deliveries under a correlation key (`<rule>:<value>`).
+    async fn hold(
+        &self,
+        correlation: &str,
+        deliveries: &[DeliveryId],
+        due_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Cancels the scheduled deliveries held under `correlation`, except those of the event
+    /// `except_event`; returns the ids cancelled.
+    async fn cancel(
+        &self,
+        correlation: &str,
+        except_event: &str,
+    ) -> Result<Vec<DeliveryId>, StoreError>;
+}
+
+/// Contacts' birthdays, for the daily birthday run.
+#[async_trait]
+pub trait ContactStore: Send + Sync {
+    /// Remembers a contact's birthday (the latest one given wins).
+    async fn remember_birthday(
+        &self,
+        email: &str,
+        birthday: chrono::NaiveDate,
+    ) -> Result<(), StoreError>;
+    /// One page of the contacts born on `month`-`day`, ordered by e-mail, after `after`.
+    async fn birthdays_on(
+        &self,
+        month: u32,
+        day: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, chrono::NaiveDate)>, StoreError>;
+}

@@ -1,0 +1,475 @@
+//! Tera templates, compiled once at load and rendered structurally.
+//!
+//! A JSON body is never one big template: each string leaf is its own template, rendered
+//! and then encoded by serde_json, so event data can neither break the JSON nor add fields.
+//! A leaf that is exactly one `{{ expression }}` keeps the JSON type of its value.
+
+use serde_json::{Map, Value};
+use tera::{Context, Tera};
+
+/// The most items `range` may produce in a template.
+pub const MAX_RANGE: usize = 10_000;
+
+/// The largest output one template may produce.
+pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
+
+/// A template error, naming the template's place in the config.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{place}: {message}")]
+pub struct TemplateError {
+    /// Where the template sits, e.g. `rules[welcome].actions[0].trigger_event.payload.first_name`.
+    pub place: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// One string of the config: a literal, or a compiled template.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    /// A string with no template syntax.
+    Literal(String),
+    /// A template producing a string; the name of the compiled template and its place.
+    Template { name: String, place: String },
+}
+
+/// A JSON tree of the config whose string leaves are templates.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// A non-string JSON value, kept as is.
+    Value(Value),
+    /// A string leaf rendered to a string.
+    Text(Piece),
+    /// A leaf that is exactly one `{{ expression }}`: keeps the JSON type of its value.
+    Typed { name: String, place: String },
+    /// An object; keys are literal.
+    Map(Vec<(String, Node)>),
+    /// An array.
+    List(Vec<Node>),
+}
+
+/// Every template of a config, compiled into one sandboxed Tera instance.
+pub struct TemplateSet {
+    tera: Tera,
+    count: usize,
+}
+
+impl std::fmt::Debug for TemplateSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TemplateSet({} templates)", self.count)
+    }
+}
+
+impl Default for TemplateSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Template syntax that could reach outside the event: refused at load.
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("get_env", "templates cannot read environment variables"),
+    ("include", "templates cannot include other templates"),
+    ("extends", "templates cannot extend other templates"),
+    ("import", "templates cannot import macros"),
+    (
+        "get_random",
+        "templates must render the same way every time",
+    ),
+];
+
+impl TemplateSet {
+    /// An empty set with Tera's environment access removed.
+    pub fn new() -> Self {
+        let mut tera = Tera::default();
+        // Tera ships `get_env`, which in Lambda would hand out the AWS credentials.
+        tera.functions.remove("get_env");
+        tera.functions.remove("get_random");
+        tera.register_function("get_env", |_: &std::collections::HashMap<String, Value>| {
+            Err(tera::Error::msg("get_env is disabled in the relay"))
+        });
+        // `range` is the one way a template can loop without data; bound it.
+        tera.register_function(
+            "range",
+            |args: &std::collections::HashMap<String, Value>| {
+                let int = |k: &str, default: Option<i64>| -> tera::Result<i64> {
+                    match args.get(k) {
+                        Some(v) => v.as_i64().ok_or_else(|| {
+                            tera::Error::msg(format!("range: `{k}` must be an integer"))
+                        }),
+                        None => default
+                            .ok_or_else(|| tera::Error::msg(format!("range: `{k}` is required"))),
+                    }
+                };
+                let (start, end, step) = (
+                    int("start", Some(0))?,
+                    int("end", None)?,
+                    int("step_by", Some(1))?,
+                );
+                if step <= 0 {
+                    return Err(tera::Error::msg("range: `step_by` must be positive"));
+                }
+                let len = if end > start {
+                    (end - start + step - 1) / step
+                } else {
+                    0
+                };
+                if len > MAX_RANGE as i64 {
+                    return Err(tera::Error::msg(format!(
+                        "range: at most {MAX_RANGE} items"
+                    )));
+                }
+                Ok(Value::Array(
+                    (0..len).map(|i| Value::from(start + i * step)).collect(),
+                ))
+            },
+        );
+        // Deterministic codes (reward codes, pseudonymous ids) without reaching outside.
+        tera.register_filter(
+            "sha256",
+            |value: &Value, _: &std::collections::HashMap<String, Value>| {
+                use sha2::{Digest, Sha256};
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Ok(Value::String(hex::encode(Sha256::digest(text.as_bytes()))))
+            },
+        );
+        tera.autoescape_on(vec![]);
+        Self { tera, count: 0 }
+    }
+
+    fn add(&mut self, place: &str, source: &str) -> Result<String, TemplateError> {
+        for (word, why) in FORBIDDEN {
+            if mentions_call(source, word) {
+                return Err(TemplateError {
+                    place: place.to_string(),
+                    message: format!("`{word}` is not allowed: {why}"),
+                });
+            }
+        }
+        self.count += 1;
+        let name = format!("t{}", self.count);
+        self.tera
+            .add_raw_template(&name, source)
+            .map_err(|e| TemplateError {
+                place: place.to_string(),
+                message: tera_message(&e),
+            })?;
+        Ok(name)
+    }
+
+    /// Compiles a string that must render to a string (URLs, headers, names).
+    pub fn compile_str(&mut self, place: &str, source: &str) -> Result<Piece, TemplateError> {
+        if !has_syntax(source) {
+            return Ok(Piece::Literal(source.to_string()));
+        }
+        let name = self.add(place, source)?;
+        Ok(Piece::Template {
+            name,
+            place: place.to_string(),
+        })
+    }
+
+    /// Compiles a condition: a Tera expression that is true or false.
+    pub fn compile_condition(&mut self, place: &str, expr: &str) -> Result<Piece, TemplateError> {
+        if expr.contains("%}") || expr.contains("{%") || expr.contains("{{") {
+            return Err(TemplateError {
+                place: place.to_string(),
+                message: "write a bare expression, e.g. contact.language == 'cs_CZ'".into(),
+            });
+        }
+        let name = self.add(place, &format!("{{% if {expr} %}}true{{% endif %}}"))?;
+        Ok(Piece::Template {
+            name,
+            place: place.to_string(),
+        })
+    }
+
+    /// Compiles a JSON tree whose string leaves are templates.
+    pub fn compile_tree(&mut self, place: &str, value: &Value) -> Result<Node, TemplateError> {
+        Ok(match value {
+            Value::String(s) => {
+                if let Some(expr) = sole_expression(s) {
+                    let name = self.add(
+                        place,
+                        &format!(
+                            "{{% set relay_value = {expr} %}}{{{{ relay_value | json_encode() }}}}"
+                        ),
+                    )?;
+                    Node::Typed {
+                        name,
+                        place: place.to_string(),
+                    }
+                } else {
+                    Node::Text(self.compile_str(place, s)?)
+                }
+            }
+            Value::Object(map) => {
+                let mut out = Vec::with_capacity(map.len());
+                for (k, v) in map {
+                    out.push((k.clone(), self.compile_tree(&format!("{place}.{k}"), v)?));
+                }
+                Node::Map(out)
+            }
+            Value::Array(items) => Node::List(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.compile_tree(&format!("{place}[{i}]"), v))
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => Node::Value(other.clone()),
+        })
+    }
+
+    /// Renders a string piece.
+    pub fn render_str(&self, piece: &Piece, ctx: &Context) -> Result<String, TemplateError> {
+        match piece {
+            Piece::Literal(s) => Ok(s.clone()),
+            Piece::Template { name, place } => self.run(name, place, ctx),
+        }
+    }
+
+    /// Evaluates a condition piece.
+    pub fn render_condition(&self, piece: &Piece, ctx: &Context) -> Result<bool, TemplateError> {
+        Ok(self.render_str(piece, ctx)? == "true")
+    }
+
+    /// Renders a tree into JSON.
+    pub fn render_tree(&self, node: &Node, ctx: &Context) -> Result<Value, TemplateError> {
+        Ok(match node {
+            Node::Value(v) => v.clone(),
+            Node::Text(p) => Value::String(self.render_str(p, ctx)?),
+            Node::Typed { name, place } => {
+                let text = self.run(name, place, ctx)?;
+                serde_json::from_str(&text).map_err(|e| TemplateError {
+                    place: place.clone(),
+                    message: format!("the expression did not give a JSON value: {e}"),
+                })?
+            }
+            Node::Map(entries) => {
+                let mut out = Map::new();
+                for (k, v) in entries {
+                    out.insert(k.clone(), self.render_tree(v, ctx)?);
+                }
+                Value::Object(out)
+            }
+            Node::List(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|n| self.render_tree(n, ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+
+    fn run(&self, name: &str, place: &str, ctx: &Context) -> Result<String, TemplateError> {
+        let out = self.tera.render(name, ctx).map_err(|e| TemplateError {
+            place: place.to_string(),
+            message: tera_message(&e),
+        })?;
+        if out.len() > MAX_RENDERED_BYTES {
+            return Err(TemplateError {
+                place: place.to_string(),
+                message: format!(
+                    "rendered {} bytes; at most {MAX_RENDERED_BYTES} are allowed",
+                    out.len()
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Builds the context every template sees: `event`, `contact`, `data` and `now`.
+pub fn context(event: &crate::domain::event::Event, now: chrono::DateTime<chrono::Utc>) -> Context {
+    let mut ctx = Context::new();
+    ctx.insert("event", &event.to_value());
+    ctx.insert("contact", &event.contact);
+    ctx.insert("data", &event.data);
+    ctx.insert(
+        "now",
+        &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    ctx
+}
+
+fn has_syntax(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%") || s.contains("{#")
+}
+
+/// `Some(expr)` when the string is exactly one `{{ expr }}` and nothing else.
+fn sole_expression(s: &str) -> Option<&str> {
+    let t = s.trim();
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.trim_start_matches('-').trim_end_matches('-').trim();
+    if inner.is_empty() || inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
+        return None;
+    }
+    Some(inner)
+}
+
+fn mentions_call(source: &str, word: &str) -> bool {
+    // Only inside template tags; plain text may say anything.
+    let mut rest = source;
+    while let Some(start) = rest.find(['{']) {
+        let after = &rest[start..];
+        if after.starts_with("{{") || after.starts_with("{%") {
+            let end = after
+                .find("}}")
+                .or_else(|| after.find("%}"))
+                .unwrap_or(after.len());
+            let tag = &after[..end];
+            if tag
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .any(|w| w == word)
+            {
+                return true;
+            }
+            rest = &after[end.min(after.len())..];
+            if rest.len() >= 2 {
+                rest = &rest[2..];
+            } else {
+                break;
+            }
+        } else {
+            rest = &after[1..];
+        }
+    }
+    false
+}
+
+fn tera_message(e: &tera::Error) -> String {
+    use std::error::Error as _;
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    // Our internal template names mean nothing to a user.
+    msg.replace("while rendering 't", "while rendering template 't")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(v: Value) -> Context {
+        Context::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_sole_expression_keeps_its_type() {
+        let mut set = TemplateSet::new();
+        let node = set
+            .compile_tree(
+                "p",
+                &json!({"n": "{{ data.n }}", "list": "{{ data.items }}", "s": "x{{ data.n }}"}),
+            )
+            .unwrap();
+        let out = set
+            .render_tree(
+                &node,
+                &ctx(json!({"data": {"n": 5, "items": [1, {"a": "b"}]}})),
+            )
+            .unwrap();
+        assert_eq!(out, json!({"n": 5, "list": [1, {"a": "b"}], "s": "x5"}));
+    }
+
+    #[test]
+    fn hostile_data_cannot_break_the_json() {
+        let mut set = TemplateSet::new();
+        let node = set
+            .compile_tree(
+                "p",
+                &json!({"name": "Hi {{ data.name }}", "raw": "{{ data.name }}"}),
+            )
+            .unwrap();
+        let evil = "\", \"admin\": true, \"x\": \"{{ 7*7 }}\n\u{0}ž";
+        let out = set
+            .render_tree(&node, &ctx(json!({"data": {"name": evil}})))
+            .unwrap();
+        assert_eq!(out["name"], json!(format!("Hi {evil}")));
+        assert_eq!(out["raw"], json!(evil));
+        assert_eq!(out.as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn get_env_is_refused_at_compile_time() {
+        let mut set = TemplateSet::new();
+        let err = set
+            .compile_str("url", "{{ get_env(name=\"AWS_SECRET_ACCESS_KEY\") }}")
+            .unwrap_err();
+        assert!(err.message.contains("get_env"), "{err}");
+        let err = set
+            .compile_tree("b", &json!("{{ get_env(name='HOME') }}"))
+            .unwrap_err();
+        assert!(err.message.contains("environment"), "{err}");
+    }
+
+    #[test]
+    fn sha256_gives_stable_codes() {
+        let mut set = TemplateSet::new();
+        let p = set
+            .compile_str(
+                "code",
+                "{% set seed = contact.email ~ ':' ~ year %}{{ seed | sha256 | truncate(length=8, end='') | upper }}",
+            )
+            .unwrap();
+        let out = set
+            .render_str(
+                &p,
+                &ctx(json!({"contact": {"email": "jan@example.com"}, "year": 2026})),
+            )
+            .unwrap();
+        // sha256("jan@example.com:2026"), first 8 hex digits, upper case.
+        use sha2::{Digest, Sha256};
+        let expected = hex::encode(Sha256::digest(b"jan@example.com:2026"))[..8].to_uppercase();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn range_is_bounded() {
+        let mut set = TemplateSet::new();
+        let ok = set
+            .compile_str(
+                "r",
+                "{% for i in range(start=1, end=7, step_by=2) %}{{ i }}{% endfor %}",
+            )
+            .unwrap();
+        assert_eq!(set.render_str(&ok, &ctx(json!({}))).unwrap(), "135");
+        let big = set
+            .compile_str("r", "{% for i in range(end=100000000) %}x{% endfor %}")
+            .unwrap();
+        let err = set.render_str(&big, &ctx(json!({}))).unwrap_err();
+        assert!(err.message.contains("at most"), "{err}");
+    }
+
+    #[test]
+    fn conditions_evaluate() {
+        let mut set = TemplateSet::new();
+        let c = set
+            .compile_condition("if", "contact.language == 'cs_CZ'")
+            .unwrap();
+        assert!(set
+            .render_condition(&c, &ctx(json!({"contact": {"language": "cs_CZ"}})))
+            .unwrap());
+        assert!(!set
+            .render_condition(&c, &ctx(json!({"contact": {"language": "en"}})))
+            .unwrap());
+    }
+
+    #[test]
+    fn a_missing_variable_is_an_error_naming_the_place() {
+        let mut set = TemplateSet::new();
+        let p = set
+            .compile_str("rules[a].url", "https://x/{{ data.nope }}")
+            .unwrap();
+        let err = set.render_str(&p, &ctx(json!({"data": {}}))).unwrap_err();
+        assert_eq!(err.place, "rules[a].url");
+    }
+}
