@@ -4,7 +4,7 @@ use crate::adapters::sqlite::SqliteStore;
 use crate::api::router::{router, AppState};
 use crate::pipeline::dispatch::Dispatcher;
 use crate::pipeline::inbound::Inbound;
-use crate::pipeline::render::{RenderResult, RenderStep};
+use crate::pipeline::render::{RenderPorts, RenderResult, RenderStep};
 use crate::ports::clock::Clock;
 use crate::ports::queue::QueueName;
 use crate::ports::{Credentials, Queue, StoreError, Transport};
@@ -69,40 +69,36 @@ impl Relay {
     }
 }
 
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listener has no address.
+    #[error("the listener is unusable: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
 /// Opens the store and starts the API and the workers.
-pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, StoreError> {
-    let store = SqliteStore::open(&opts.state_dir, opts.clock.clone())?;
-    let released = store.release_leases()?;
-    let expired = store.expire_claims()?;
-    if expired > 0 {
-        tracing::info!(
-            events = expired,
-            "events interrupted while being accepted can be sent again"
-        );
-    }
-    if released > 0 {
-        tracing::info!(
-            messages = released,
-            "resuming work left by the previous run"
-        );
-    }
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, StartError> {
+    let store = open_store(&opts)?;
+    let addr = listener.local_addr()?;
     let shared = Arc::new(store.clone());
     let render_wake = Arc::new(Notify::new());
     let dispatch_wake = Arc::new(Notify::new());
     let (stop, stop_rx) = watch::channel(false);
-
-    let state = Arc::new(AppState {
-        config: opts.config.clone(),
-        inbound: Inbound::new(
+    let inbound = |wake: &Arc<Notify>| {
+        Inbound::new(
             shared.clone(),
             shared.clone(),
             opts.clock.clone(),
-            Some(render_wake.clone()),
+            Some(wake.clone()),
         )
-        .with_atomic(shared.clone()),
+    };
+    let state = Arc::new(AppState {
+        config: opts.config.clone(),
+        inbound: inbound(&render_wake).with_atomic(shared.clone()),
         events: shared.clone(),
         deliveries: shared.clone(),
         credentials: opts.credentials.clone(),
@@ -110,29 +106,19 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         body_limit: opts.body_limit,
         seen_ids: Arc::new(crate::security::signature::MemorySeenIds::default()),
     });
-    let app = router(state);
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "the HTTP server failed");
-        }
-    });
+    let server = tokio::spawn(serve_api(listener, state, stop_rx.clone()));
 
     let render = RenderStep::new(
         opts.config.clone(),
-        shared.clone(),
-        shared.clone(),
+        RenderPorts {
+            deliveries: shared.clone(),
+            queue: shared.clone(),
+            timers: shared.clone(),
+            contacts: shared.clone(),
+        },
         opts.clock.clone(),
         Some(dispatch_wake.clone()),
-    )
-    .with_timers(shared.clone())
-    .with_contacts(shared.clone());
+    );
     let render_worker = tokio::spawn(render_loop(
         render,
         store.clone(),
@@ -158,16 +144,10 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         opts.poll_interval,
         opts.config.delivery.batch_window.get(),
     ));
-    let birthday_inbound = Inbound::new(
-        shared.clone(),
-        shared.clone(),
-        opts.clock.clone(),
-        Some(render_wake.clone()),
-    );
     let birthday_worker = tokio::spawn(birthday_loop(
         opts.config.clone(),
         store.clone(),
-        birthday_inbound,
+        inbound(&render_wake),
         opts.clock.clone(),
         stop.subscribe(),
         opts.poll_interval
@@ -181,6 +161,40 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         server,
         workers: vec![render_worker, dispatch_worker, birthday_worker],
     })
+}
+
+/// Opens the store and takes back what the previous run left: messages it held, and
+/// events it was still accepting.
+fn open_store(opts: &RunnerOptions) -> Result<SqliteStore, StoreError> {
+    let store = SqliteStore::open(&opts.state_dir, opts.clock.clone())?;
+    let released = store.release_leases()?;
+    let expired = store.expire_claims()?;
+    if expired > 0 {
+        tracing::info!(
+            events = expired,
+            "events interrupted while being accepted can be sent again"
+        );
+    }
+    if released > 0 {
+        tracing::info!(
+            messages = released,
+            "resuming work left by the previous run"
+        );
+    }
+    Ok(store)
+}
+
+/// Serves the API until `stop` turns true, letting the calls in flight finish.
+async fn serve_api(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "the HTTP server failed");
+    }
 }
 
 /// The key under which the date of the last birthday run is kept.

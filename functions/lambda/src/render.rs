@@ -7,7 +7,7 @@ use crate::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use relay_shared::adapters::aws::{DeadLetter, SqsQueue};
 use relay_shared::domain::delivery::DeliveryStatus;
-use relay_shared::pipeline::render::{RenderResult, RenderStep};
+use relay_shared::pipeline::render::{RenderPorts, RenderResult, RenderStep};
 use relay_shared::ports::queue::{Message, QueueName};
 use std::sync::Arc;
 
@@ -36,13 +36,15 @@ impl RenderHandler {
         Self {
             step: RenderStep::new(
                 ctx.config.clone(),
-                ctx.aws.store.clone(),
-                ctx.aws.queue.clone(),
+                RenderPorts {
+                    deliveries: ctx.aws.store.clone(),
+                    queue: ctx.aws.queue.clone(),
+                    timers: ctx.aws.store.clone(),
+                    contacts: ctx.aws.store.clone(),
+                },
                 ctx.clock.clone(),
                 None,
-            )
-            .with_timers(ctx.aws.store.clone())
-            .with_contacts(ctx.aws.store.clone()),
+            ),
             queue: ctx.aws.queue.clone(),
         }
     }

@@ -288,17 +288,6 @@ impl SqliteStore {
             .map(|n| n as usize)
             .map_err(unavailable)
     }
-
-    /// When the next message of a queue becomes visible (Unix ms), if any waits.
-    pub fn next_visible_at(&self, queue: QueueName) -> Result<Option<i64>, StoreError> {
-        self.read()
-            .query_row(
-                "SELECT MIN(visible_at) FROM jobs WHERE queue = ?1",
-                params![queue.as_str()],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .map_err(unavailable)
-    }
 }
 
 /// The store thread: takes every write waiting (up to `GROUP_COMMIT_MAX`), runs them in one
@@ -357,9 +346,8 @@ impl crate::ports::AtomicAccept for SqliteStore {
                 let mut enqueue = sp.prepare_cached(ENQUEUE).map_err(unavailable)?;
                 for (record, body) in records.iter().zip(&bodies) {
                     let claim = claim_event(&sp, record, now_ms)?;
-                    if let Begin::Existing(held) = &claim {
-                        conflict |= held.payload_hash != record.payload_hash
-                            || held.status == RecordStatus::InProgress;
+                    if claim != Begin::Started {
+                        conflict |= claim.claim(&record.payload_hash).refuses_batch();
                         claims.push(claim);
                         continue;
                     }

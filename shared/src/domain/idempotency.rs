@@ -79,3 +79,35 @@ pub enum Begin {
     /// Someone holds it; here is their record.
     Existing(EventRecord),
 }
+
+/// What a claim means for the one who asked with `payload_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is ours: go on.
+    Ours,
+    /// The same event was taken before: a duplicate, answered as the first time.
+    Duplicate,
+    /// The key was used for a different payload: refused.
+    Reused,
+    /// Someone else is still working on the same key: try again later.
+    InProgress,
+}
+
+impl Claim {
+    /// Whether the caller's whole batch must be refused (a reused or busy key).
+    pub fn refuses_batch(self) -> bool {
+        matches!(self, Claim::Reused | Claim::InProgress)
+    }
+}
+
+impl Begin {
+    /// The one rule for what an answer to a claim means.
+    pub fn claim(&self, payload_hash: &str) -> Claim {
+        match self {
+            Begin::Started => Claim::Ours,
+            Begin::Existing(held) if held.payload_hash != payload_hash => Claim::Reused,
+            Begin::Existing(held) if held.status == RecordStatus::Completed => Claim::Duplicate,
+            Begin::Existing(_) => Claim::InProgress,
+        }
+    }
+}

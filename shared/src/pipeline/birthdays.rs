@@ -77,63 +77,11 @@ pub async fn run_birthdays(
             }
             report.found += page.len();
             after = page.last().map(|(e, _)| e.clone());
-            let mut subs: Vec<Submitted> = page
+            let subs = page
                 .iter()
-                .map(|(email, born)| {
-                    let id = birthday_event_id(email, date.year());
-                    let mut contact = Map::new();
-                    contact.insert("email".into(), Value::String(email.clone()));
-                    contact.insert(
-                        "birthday".into(),
-                        Value::String(born.format("%Y-%m-%d").to_string()),
-                    );
-                    let mut data = Map::new();
-                    data.insert(
-                        "date".into(),
-                        Value::String(date.format("%Y-%m-%d").to_string()),
-                    );
-                    data.insert("year".into(), json!(date.year()));
-                    if born.year() > 1800 && born.year() <= date.year() {
-                        data.insert("age".into(), json!(date.year() - born.year()));
-                    }
-                    Submitted {
-                        payload_hash: hash_value(&json!({"id": id})),
-                        event: crate::domain::event::Event {
-                            id,
-                            kind: kind.clone(),
-                            occurred_at: now,
-                            contact,
-                            data,
-                        },
-                    }
-                })
+                .map(|(email, born)| birthday_event(email, *born, date, &kind, now))
                 .collect();
-            // An id someone else used for another event is skipped, not a reason to stop.
-            loop {
-                match inbound.accept(subs.clone()).await {
-                    Ok(outcomes) => {
-                        for (_, o) in outcomes {
-                            match o {
-                                Accepted::Accepted => report.accepted += 1,
-                                Accepted::Duplicate => report.duplicates += 1,
-                                Accepted::Failed => {
-                                    return Err(StoreError::Unavailable(
-                                        "the render queue refused birthday events".into(),
-                                    )
-                                    .into())
-                                }
-                            }
-                        }
-                        break;
-                    }
-                    Err(InboundError::KeyReused { index, id }) => {
-                        tracing::warn!(event = %id, "an event with a birthday id but another body exists; skipped");
-                        subs.remove(index);
-                        report.duplicates += 1;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            accept_page(inbound, subs, &mut report).await?;
             if page.len() < BIRTHDAY_PAGE {
                 break;
             }
@@ -142,6 +90,76 @@ pub async fn run_birthdays(
     tracing::info!(date = %date.format("%Y-%m-%d"), found = report.found, accepted = report.accepted,
         duplicates = report.duplicates, at = %now.to_rfc3339_opts(SecondsFormat::Secs, true), "birthday run");
     Ok(report)
+}
+
+/// The birthday event of one contact born on `born`, celebrated on `date`.
+fn birthday_event(
+    email: &str,
+    born: NaiveDate,
+    date: NaiveDate,
+    kind: &EventType,
+    now: DateTime<Utc>,
+) -> Submitted {
+    let id = birthday_event_id(email, date.year());
+    let mut contact = Map::new();
+    contact.insert("email".into(), Value::String(email.to_string()));
+    contact.insert(
+        "birthday".into(),
+        Value::String(born.format("%Y-%m-%d").to_string()),
+    );
+    let mut data = Map::new();
+    data.insert(
+        "date".into(),
+        Value::String(date.format("%Y-%m-%d").to_string()),
+    );
+    data.insert("year".into(), json!(date.year()));
+    if born.year() > 1800 && born.year() <= date.year() {
+        data.insert("age".into(), json!(date.year() - born.year()));
+    }
+    Submitted {
+        payload_hash: hash_value(&json!({"id": id})),
+        event: crate::domain::event::Event {
+            id,
+            kind: kind.clone(),
+            occurred_at: now,
+            contact,
+            data,
+        },
+    }
+}
+
+/// Accepts one page of birthday events. An id someone else used for another event is
+/// skipped, not a reason to stop.
+async fn accept_page(
+    inbound: &Inbound,
+    mut subs: Vec<Submitted>,
+    report: &mut BirthdayReport,
+) -> Result<(), BirthdayError> {
+    loop {
+        match inbound.accept(subs.clone()).await {
+            Ok(outcomes) => {
+                for (_, o) in outcomes {
+                    match o {
+                        Accepted::Accepted => report.accepted += 1,
+                        Accepted::Duplicate => report.duplicates += 1,
+                        Accepted::Failed => {
+                            return Err(StoreError::Unavailable(
+                                "the render queue refused birthday events".into(),
+                            )
+                            .into())
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            Err(InboundError::KeyReused { index, id }) => {
+                tracing::warn!(event = %id, "an event with a birthday id but another body exists; skipped");
+                subs.remove(index);
+                report.duplicates += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,12 @@
 
 use crate::domain::event::{EventId, Submitted};
 use crate::domain::idempotency::{
-    Begin, EventRecord, RecordStatus, EVENT_RETENTION, IN_PROGRESS_LEASE,
+    Begin, Claim, EventRecord, RecordStatus, EVENT_RETENTION, IN_PROGRESS_LEASE,
 };
 use crate::ports::clock::Clock;
-use crate::ports::queue::{QueueName, RenderJob};
+use crate::ports::queue::{send_jobs, Job, JobError, RenderJob};
 use crate::ports::{AtomicAccept, EventStore, Queue, StoreError};
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -66,24 +67,35 @@ pub enum InboundError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An event could not be encoded for the store or the queue (a bug, never the caller's).
+    #[error(transparent)]
+    Job(#[from] JobError),
 }
 
 /// What a claim means for the caller: accepted, a duplicate, or the whole batch refused.
 fn outcome(index: usize, sub: &Submitted, claim: Begin) -> Result<Accepted, InboundError> {
-    match claim {
-        Begin::Started => Ok(Accepted::Accepted),
-        Begin::Existing(held) if held.payload_hash != sub.payload_hash => {
-            Err(InboundError::KeyReused {
-                index,
-                id: sub.event.id.clone(),
-            })
-        }
-        Begin::Existing(held) if held.status == RecordStatus::Completed => Ok(Accepted::Duplicate),
-        Begin::Existing(_) => Err(InboundError::InProgress {
-            index,
-            id: sub.event.id.clone(),
-        }),
+    let id = || sub.event.id.clone();
+    match claim.claim(&sub.payload_hash) {
+        Claim::Ours => Ok(Accepted::Accepted),
+        Claim::Duplicate => Ok(Accepted::Duplicate),
+        Claim::Reused => Err(InboundError::KeyReused { index, id: id() }),
+        Claim::InProgress => Err(InboundError::InProgress { index, id: id() }),
     }
+}
+
+/// The idempotency record that claims an event's id, IN_PROGRESS for the lease.
+fn record_of(sub: &Submitted, now: DateTime<Utc>) -> Result<EventRecord, InboundError> {
+    let now_ms = now.timestamp_millis();
+    Ok(EventRecord {
+        id: sub.event.id.clone(),
+        kind: sub.event.kind.to_string(),
+        payload_hash: sub.payload_hash.clone(),
+        event: serde_json::to_value(&sub.event).map_err(|e| JobError::Encode(e.to_string()))?,
+        received_at: now_ms,
+        status: RecordStatus::InProgress,
+        in_progress_until: now_ms + IN_PROGRESS_LEASE.as_millis() as i64,
+        expires_at: now.timestamp() + EVENT_RETENTION.as_secs() as i64,
+    })
 }
 
 /// The inbound step.
@@ -133,84 +145,99 @@ impl Inbound {
         &self,
         submitted: Vec<Submitted>,
     ) -> Result<Vec<(EventId, Accepted)>, InboundError> {
-        self.accept_with_lease(submitted, IN_PROGRESS_LEASE).await
-    }
-
-    /// As `accept`, with the time a claim is held before another caller may take it over
-    /// (in Lambda: the invocation's remaining time).
-    pub async fn accept_with_lease(
-        &self,
-        submitted: Vec<Submitted>,
-        lease: Duration,
-    ) -> Result<Vec<(EventId, Accepted)>, InboundError> {
         let now = self.clock.now();
         let now_ms = now.timestamp_millis();
-        let mut outcomes: Vec<(EventId, Accepted)> = Vec::with_capacity(submitted.len());
-        let mut started: Vec<usize> = Vec::new();
-        let records: Vec<EventRecord> = submitted
+        let records = submitted
             .iter()
-            .map(|sub| EventRecord {
-                id: sub.event.id.clone(),
-                kind: sub.event.kind.to_string(),
-                payload_hash: sub.payload_hash.clone(),
-                event: serde_json::to_value(&sub.event).unwrap_or_default(),
-                received_at: now_ms,
-                status: RecordStatus::InProgress,
-                in_progress_until: now_ms + lease.as_millis() as i64,
-                expires_at: now.timestamp() + EVENT_RETENTION.as_secs() as i64,
-            })
-            .collect();
-        if let Some(atomic) = &self.atomic {
-            return self
-                .accept_in_one_commit(atomic.as_ref(), &submitted, records, now_ms)
-                .await;
+            .map(|sub| record_of(sub, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        match &self.atomic {
+            Some(atomic) => {
+                self.accept_in_one_commit(atomic.as_ref(), &submitted, records, now_ms)
+                    .await
+            }
+            None => self.accept_across_ports(&submitted, records, now_ms).await,
         }
+    }
+
+    /// Claim, enqueue, complete, through separate ports (DynamoDB and SQS cannot share a
+    /// transaction). A claim taken is released if the batch is refused or its job was not
+    /// enqueued, so the caller's retry works.
+    async fn accept_across_ports(
+        &self,
+        submitted: &[Submitted],
+        records: Vec<EventRecord>,
+        now_ms: i64,
+    ) -> Result<Vec<(EventId, Accepted)>, InboundError> {
         let claims = self.events.begin_many(&records, now_ms).await?;
-        // Claims that started are ours to release if anything below refuses the batch.
-        for (index, claim) in claims.iter().enumerate() {
-            if *claim == Begin::Started {
-                started.push(index);
+        let started: Vec<usize> = (0..claims.len())
+            .filter(|&i| claims[i] == Begin::Started)
+            .collect();
+        let decided = submitted
+            .iter()
+            .zip(claims)
+            .enumerate()
+            .map(|(index, (sub, claim))| Ok((sub.event.id.clone(), outcome(index, sub, claim)?)))
+            .collect::<Result<Vec<_>, InboundError>>();
+        let mut outcomes = match decided {
+            Ok(o) => o,
+            Err(e) => {
+                self.release_all(submitted, &started).await;
+                return Err(e);
             }
-        }
-        for (index, (sub, claim)) in submitted.iter().zip(claims).enumerate() {
-            match outcome(index, sub, claim) {
-                Ok(accepted) => outcomes.push((sub.event.id.clone(), accepted)),
-                Err(e) => {
-                    self.release_all(&submitted, &started).await;
-                    return Err(e);
-                }
-            }
-        }
+        };
         if started.is_empty() {
             return Ok(outcomes);
         }
+        let failed = self.enqueue_started(submitted, &started).await?;
+        self.complete_or_release(submitted, &started, &failed, &mut outcomes)
+            .await;
+        Ok(outcomes)
+    }
 
-        let mut bodies = Vec::with_capacity(started.len());
-        for &i in &started {
-            match self.render_job(i, &submitted[i]) {
-                Ok(body) => bodies.push(body),
-                Err(e) => {
-                    self.release_all(&submitted, &started).await;
-                    return Err(e);
-                }
-            }
-        }
-        let failed: Vec<usize> = match self
-            .queue
-            .send(QueueName::Render, bodies, Duration::ZERO)
-            .await
-        {
-            Ok(()) => Vec::new(),
+    /// Enqueues the render jobs of the events whose claims started; the positions (in
+    /// `submitted`) of those the queue refused.
+    async fn enqueue_started(
+        &self,
+        submitted: &[Submitted],
+        started: &[usize],
+    ) -> Result<Vec<usize>, InboundError> {
+        let jobs = started
+            .iter()
+            .map(|&i| self.render_job(i, &submitted[i]))
+            .collect::<Result<Vec<_>, _>>();
+        let jobs = match jobs {
+            Ok(j) => j,
             Err(e) => {
-                tracing::error!(error = %e, "could not enqueue render jobs");
-                e.failed
-                    .iter()
-                    .filter_map(|&k| started.get(k).copied())
-                    .collect()
+                self.release_all(submitted, started).await;
+                return Err(e);
             }
         };
+        Ok(
+            match send_jobs(self.queue.as_ref(), &jobs, Duration::ZERO).await {
+                Ok(()) => Vec::new(),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not enqueue render jobs");
+                    e.failed
+                        .iter()
+                        .filter_map(|&k| started.get(k).copied())
+                        .collect()
+                }
+            },
+        )
+    }
+
+    /// Marks the enqueued events completed and releases the keys of those not enqueued
+    /// (their outcome becomes `failed`).
+    async fn complete_or_release(
+        &self,
+        submitted: &[Submitted],
+        started: &[usize],
+        failed: &[usize],
+        outcomes: &mut [(EventId, Accepted)],
+    ) {
         let mut done: Vec<EventId> = Vec::with_capacity(started.len());
-        for &i in &started {
+        for &i in started {
             let id = &submitted[i].event.id;
             if failed.contains(&i) {
                 if let Err(e) = self.events.release(id).await {
@@ -231,7 +258,6 @@ impl Inbound {
                 w.notify_one();
             }
         }
-        Ok(outcomes)
     }
 
     async fn accept_in_one_commit(
@@ -244,8 +270,8 @@ impl Inbound {
         let bodies = submitted
             .iter()
             .enumerate()
-            .map(|(i, sub)| self.render_job(i, sub))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(i, sub)| Ok(self.render_job(i, sub)?.encode()?))
+            .collect::<Result<Vec<_>, InboundError>>()?;
         for r in &mut records {
             r.status = RecordStatus::Completed;
         }
@@ -267,18 +293,14 @@ impl Inbound {
 
     /// The render job of the event at `index`, refused when the event is too large for the
     /// queue (with room for the job's envelope).
-    fn render_job(&self, index: usize, sub: &Submitted) -> Result<String, InboundError> {
-        let body = serde_json::to_string(&RenderJob {
-            event: sub.event.clone(),
-            rules: None,
-            depth: 0,
-            after_ms: None,
-        })
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    fn render_job(&self, index: usize, sub: &Submitted) -> Result<RenderJob, InboundError> {
         if let Some(limit) = self.max_message_bytes {
             // The event's own size plus 64 bytes for the envelope: the bound since the
             // first version of this check.
-            let size = serde_json::to_vec(&sub.event).map(|v| v.len()).unwrap_or(0) + 64;
+            let size = serde_json::to_vec(&sub.event)
+                .map_err(|e| JobError::Encode(e.to_string()))?
+                .len()
+                + 64;
             if size > limit {
                 return Err(InboundError::TooLarge {
                     index,
@@ -287,7 +309,12 @@ impl Inbound {
                 });
             }
         }
-        Ok(body)
+        Ok(RenderJob {
+            event: sub.event.clone(),
+            rules: None,
+            depth: 0,
+            after_ms: None,
+        })
     }
 
     async fn release_all(&self, submitted: &[Submitted], started: &[usize]) {

@@ -3,9 +3,10 @@
 //! a rule's `unless` cancels them; birthdays seen on the way are remembered.
 
 use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus};
+use crate::domain::event::Event;
 use crate::ports::clock::Clock;
-use crate::ports::queue::{DispatchJob, Message, QueueName, RenderJob};
-use crate::ports::{ContactStore, DeliveryStore, Queue, StoreError, TimerStore};
+use crate::ports::queue::{send_jobs, DispatchJob, Message, RenderJob};
+use crate::ports::{ContactStore, DeliveryStore, Queue, QueueError, StoreError, TimerStore};
 use crate::rules::config::Config;
 use crate::rules::render::{render_event, NotRendered};
 use std::collections::{BTreeMap, HashMap};
@@ -20,8 +21,20 @@ pub struct RenderStep {
     queue: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
     wake: Option<Arc<Notify>>,
-    timers: Option<Arc<dyn TimerStore>>,
-    contacts: Option<Arc<dyn ContactStore>>,
+    timers: Arc<dyn TimerStore>,
+    contacts: Arc<dyn ContactStore>,
+}
+
+/// The ports the render step writes to.
+pub struct RenderPorts {
+    /// Where deliveries are stored.
+    pub deliveries: Arc<dyn DeliveryStore>,
+    /// Where dispatch jobs go.
+    pub queue: Arc<dyn Queue>,
+    /// Timers a later event may cancel (`unless`).
+    pub timers: Arc<dyn TimerStore>,
+    /// Contacts' birthdays, remembered from every event.
+    pub contacts: Arc<dyn ContactStore>,
 }
 
 /// What became of one render job.
@@ -33,141 +46,160 @@ pub enum RenderResult {
     Unreadable(String),
 }
 
+/// Why a render pass did not finish; its jobs are rendered again later (harmlessly:
+/// delivery ids are derived from the event).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RenderError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The dispatch queue refused the jobs.
+    #[error("cannot enqueue dispatch jobs: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// A decoded job and the position of its message in the pass.
+type Positioned = (usize, RenderJob);
+
 impl RenderStep {
     /// Wires the step; `wake` is poked when deliveries are enqueued.
     pub fn new(
         config: Arc<Config>,
-        deliveries: Arc<dyn DeliveryStore>,
-        queue: Arc<dyn Queue>,
+        ports: RenderPorts,
         clock: Arc<dyn Clock>,
         wake: Option<Arc<Notify>>,
     ) -> Self {
         Self {
             config,
-            deliveries,
-            queue,
+            deliveries: ports.deliveries,
+            queue: ports.queue,
             clock,
             wake,
-            timers: None,
-            contacts: None,
+            timers: ports.timers,
+            contacts: ports.contacts,
         }
-    }
-
-    /// Adds the timer store that makes `unless` cancellations possible.
-    pub fn with_timers(mut self, timers: Arc<dyn TimerStore>) -> Self {
-        self.timers = Some(timers);
-        self
-    }
-
-    /// Adds the contact store that remembers birthdays.
-    pub fn with_contacts(mut self, contacts: Arc<dyn ContactStore>) -> Self {
-        self.contacts = Some(contacts);
-        self
     }
 
     /// Renders one job: stores its deliveries (a repeat finds them stored and changes
     /// nothing) and enqueues a dispatch job for each pending or scheduled one.
-    pub async fn handle(&self, message: &Message) -> Result<RenderResult, StoreError> {
+    pub async fn handle(&self, message: &Message) -> Result<RenderResult, RenderError> {
         let mut out = self.handle_batch(std::slice::from_ref(message)).await?;
         out.pop()
-            .ok_or_else(|| StoreError::Corrupt("no render result".into()))
+            .ok_or_else(|| StoreError::Corrupt("no render result".into()).into())
     }
 
     /// Renders a batch of jobs with one write for all their deliveries; one result per
-    /// message, in order. On a store error nothing is reported done, and every job of the
+    /// message, in order. On an error nothing is reported done, and every job of the
     /// batch is rendered again later (harmlessly: delivery ids are derived from the event).
     pub async fn handle_batch(
         &self,
         messages: &[Message],
-    ) -> Result<Vec<RenderResult>, StoreError> {
+    ) -> Result<Vec<RenderResult>, RenderError> {
         let now = self.clock.now();
-        let now_ms = now.timestamp_millis();
-        let mut results: Vec<Option<RenderResult>> = Vec::with_capacity(messages.len());
-        let mut jobs: Vec<(usize, RenderJob)> = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            match serde_json::from_str::<RenderJob>(&m.body) {
-                Ok(j) => {
-                    jobs.push((i, j));
-                    results.push(None);
-                }
-                Err(e) => results.push(Some(RenderResult::Unreadable(format!(
-                    "unreadable render job: {e}"
-                )))),
-            }
-        }
-
-        let mut all: Vec<DeliveryRecord> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
+        let (unreadable, jobs) = decode(messages);
+        let mut rendered: Vec<(usize, DeliveryRecord)> = Vec::new();
         for (i, job) in &jobs {
-            let event = &job.event;
-            if let (Some(contacts), Some(email), Some(birthday)) =
-                (&self.contacts, event.email(), event.birthday())
-            {
-                contacts.remember_birthday(email, birthday).await?;
-            }
-            self.cancel_timers(event).await?;
-            for r in self.records_for(job, now) {
-                all.push(r);
-                owner.push(*i);
+            self.observe(&job.event).await?;
+            rendered.extend(self.records_for(job, now).into_iter().map(|r| (*i, r)));
+        }
+        let stored = self.store(&rendered).await?;
+        let owner: HashMap<&DeliveryId, usize> =
+            rendered.iter().map(|(i, r)| (&r.id, *i)).collect();
+        self.hold_timers(&stored, &owner, &jobs, now.timestamp_millis())
+            .await?;
+        self.enqueue(&stored, now.timestamp_millis()).await?;
+        let mut mine: HashMap<usize, Vec<DeliveryRecord>> = HashMap::new();
+        for r in stored {
+            if let Some(&i) = owner.get(&r.id) {
+                mine.entry(i).or_default().push(r);
             }
         }
+        let mut unreadable = unreadable;
+        Ok((0..messages.len())
+            .map(|i| match unreadable.remove(&i) {
+                Some(why) => RenderResult::Unreadable(why),
+                None => RenderResult::Done(mine.remove(&i).unwrap_or_default()),
+            })
+            .collect())
+    }
 
-        let stored = if all.is_empty() {
-            Vec::new()
-        } else {
-            self.deliveries.insert_new(&all).await?;
-            let ids: Vec<DeliveryId> = all.iter().map(|r| r.id.clone()).collect();
-            self.deliveries.get_many(&ids).await?
-        };
+    /// What an event's arrival does before its own rules run: remembers the contact's
+    /// birthday and cancels the timers it names in an `unless`.
+    async fn observe(&self, event: &Event) -> Result<(), StoreError> {
+        if let (Some(email), Some(birthday)) = (event.email(), event.birthday()) {
+            self.contacts.remember_birthday(email, birthday).await?;
+        }
+        self.cancel_timers(event).await
+    }
 
-        // Register the timers a later event may cancel.
-        if let Some(timers) = &self.timers {
-            let by_id: HashMap<&DeliveryId, usize> = all
-                .iter()
-                .map(|r| &r.id)
-                .zip(owner.iter().copied())
-                .collect();
-            let mut held: HashMap<(String, i64), Vec<DeliveryId>> = HashMap::new();
-            for r in stored
-                .iter()
-                .filter(|r| r.status == DeliveryStatus::Scheduled)
-            {
-                let Some(unless) = self
-                    .config
-                    .rule(&r.rule)
-                    .and_then(|rule| rule.unless.as_ref())
-                else {
-                    continue;
-                };
-                let Some(job) = by_id
-                    .get(&r.id)
-                    .and_then(|i| jobs.iter().find(|(j, _)| j == i))
-                    .map(|(_, j)| j)
-                else {
-                    continue;
-                };
-                match job.event.lookup(&unless.match_path) {
-                    Some(value) => held
-                        .entry((
-                            format!("{}:{value}", r.rule),
-                            r.next_attempt_at.unwrap_or(now_ms),
-                        ))
-                        .or_default()
-                        .push(r.id.clone()),
-                    None => {
-                        tracing::warn!(event = %job.event.id, rule = %r.rule, path = %unless.match_path,
-                        "the event has no value at the `unless` path; this timer cannot be cancelled")
-                    }
+    /// Stores the rendered deliveries (ones stored before are left as they are) and reads
+    /// them back as stored.
+    async fn store(
+        &self,
+        rendered: &[(usize, DeliveryRecord)],
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        if rendered.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all: Vec<DeliveryRecord> = rendered.iter().map(|(_, r)| r.clone()).collect();
+        self.deliveries.insert_new(&all).await?;
+        let ids: Vec<DeliveryId> = all.into_iter().map(|r| r.id).collect();
+        self.deliveries.get_many(&ids).await
+    }
+
+    /// Registers the scheduled deliveries a later event may cancel, under
+    /// `<rule>:<value at the unless path>`, grouped by due time.
+    async fn hold_timers(
+        &self,
+        stored: &[DeliveryRecord],
+        owner: &HashMap<&DeliveryId, usize>,
+        jobs: &[Positioned],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut held: HashMap<(String, i64), Vec<DeliveryId>> = HashMap::new();
+        for r in stored
+            .iter()
+            .filter(|r| r.status == DeliveryStatus::Scheduled)
+        {
+            let Some(unless) = self
+                .config
+                .rule(&r.rule)
+                .and_then(|rule| rule.unless.as_ref())
+            else {
+                continue;
+            };
+            let Some(job) = owner
+                .get(&r.id)
+                .and_then(|i| jobs.iter().find(|(j, _)| j == i))
+                .map(|(_, j)| j)
+            else {
+                continue;
+            };
+            match job.event.lookup(&unless.match_path) {
+                Some(value) => held
+                    .entry((
+                        format!("{}:{value}", r.rule),
+                        r.next_attempt_at.unwrap_or(now_ms),
+                    ))
+                    .or_default()
+                    .push(r.id.clone()),
+                None => {
+                    tracing::warn!(event = %job.event.id, rule = %r.rule, path = %unless.match_path,
+                    "the event has no value at the `unless` path; this timer cannot be cancelled")
                 }
             }
-            for ((correlation, due), ids) in held {
-                timers.hold(&correlation, &ids, due).await?;
-            }
         }
+        for ((correlation, due), ids) in held {
+            self.timers.hold(&correlation, &ids, due).await?;
+        }
+        Ok(())
+    }
 
-        // Pending deliveries go now; scheduled ones when due (grouped by due time).
-        let mut by_delay: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        for r in &stored {
+    /// Enqueues a dispatch job for each pending delivery now and each scheduled one when
+    /// due (grouped by due time), and wakes the dispatcher.
+    async fn enqueue(&self, stored: &[DeliveryRecord], now_ms: i64) -> Result<(), QueueError> {
+        let mut by_delay: BTreeMap<u64, Vec<DispatchJob>> = BTreeMap::new();
+        for r in stored {
             let delay = match r.status {
                 DeliveryStatus::Pending => 0,
                 DeliveryStatus::Scheduled => r
@@ -176,43 +208,20 @@ impl RenderStep {
                     .unwrap_or(0),
                 _ => continue,
             };
-            if let Ok(body) = serde_json::to_string(&DispatchJob {
+            by_delay.entry(delay).or_default().push(DispatchJob {
                 delivery: r.id.clone(),
-            }) {
-                by_delay.entry(delay).or_default().push(body);
-            }
+            });
         }
         let enqueued = !by_delay.is_empty();
-        for (delay, bodies) in by_delay {
-            self.queue
-                .send(QueueName::Dispatch, bodies, Duration::from_millis(delay))
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        for (delay, jobs) in by_delay {
+            send_jobs(self.queue.as_ref(), &jobs, Duration::from_millis(delay)).await?;
         }
         if enqueued {
             if let Some(w) = &self.wake {
                 w.notify_one();
             }
         }
-
-        let mut mine: HashMap<usize, Vec<DeliveryRecord>> = HashMap::new();
-        let owner_of: HashMap<&DeliveryId, usize> = all
-            .iter()
-            .map(|r| &r.id)
-            .zip(owner.iter().copied())
-            .collect();
-        for r in stored {
-            if let Some(&i) = owner_of.get(&r.id) {
-                mine.entry(i).or_default().push(r);
-            }
-        }
-        Ok(results
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.unwrap_or_else(|| RenderResult::Done(mine.remove(&i).unwrap_or_default()))
-            })
-            .collect())
+        Ok(())
     }
 
     /// The deliveries one job renders into, scheduled ones with their due time.
@@ -269,7 +278,7 @@ impl RenderStep {
     }
 
     /// Cancels the timers this event's arrival cancels (`unless: {event, match}`).
-    async fn cancel_timers(&self, event: &crate::domain::event::Event) -> Result<(), StoreError> {
+    async fn cancel_timers(&self, event: &Event) -> Result<(), StoreError> {
         for rule in self.config.rules.iter() {
             let Some(unless) = rule
                 .unless
@@ -281,11 +290,8 @@ impl RenderStep {
             let Some(value) = event.lookup(&unless.match_path) else {
                 continue;
             };
-            let Some(timers) = &self.timers else {
-                tracing::error!(rule = %rule.name, "this deployment has no timer store; `unless` cannot cancel");
-                continue;
-            };
-            let cancelled = timers
+            let cancelled = self
+                .timers
                 .cancel(&format!("{}:{value}", rule.name), event.id.as_str())
                 .await?;
             if !cancelled.is_empty() {
@@ -294,4 +300,19 @@ impl RenderStep {
         }
         Ok(())
     }
+}
+
+/// Decodes a pass's messages: the unreadable ones (by position, with why) and the jobs.
+fn decode(messages: &[Message]) -> (HashMap<usize, String>, Vec<Positioned>) {
+    let mut unreadable = HashMap::new();
+    let mut jobs = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match m.decode::<RenderJob>() {
+            Ok(j) => jobs.push((i, j)),
+            Err(e) => {
+                unreadable.insert(i, e.to_string());
+            }
+        }
+    }
+    (unreadable, jobs)
 }

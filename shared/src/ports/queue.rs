@@ -3,6 +3,7 @@
 use crate::domain::delivery::DeliveryId;
 use crate::domain::event::Event;
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -57,6 +58,70 @@ pub struct RenderJob {
 pub struct DispatchJob {
     /// The delivery to send.
     pub delivery: DeliveryId,
+}
+
+/// A job that travels on a queue: it knows its queue, and its wire form is JSON, encoded
+/// and decoded only here.
+pub trait Job: Serialize + DeserializeOwned {
+    /// The queue it travels on.
+    const QUEUE: QueueName;
+
+    /// The job as a message body.
+    fn encode(&self) -> Result<String, JobError> {
+        serde_json::to_string(self).map_err(|e| JobError::Encode(e.to_string()))
+    }
+}
+
+impl Job for RenderJob {
+    const QUEUE: QueueName = QueueName::Render;
+}
+
+impl Job for DispatchJob {
+    const QUEUE: QueueName = QueueName::Dispatch;
+}
+
+/// A job that could not be turned into a message body, or read back from one.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// The job could not be encoded (a bug: jobs are plain data).
+    #[error("cannot encode a job: {0}")]
+    Encode(String),
+    /// A message body is not a job of the expected kind (a poison message).
+    #[error("unreadable {kind} job: {message}")]
+    Decode {
+        /// Which kind of job was expected.
+        kind: &'static str,
+        /// What the decoder said.
+        message: String,
+    },
+}
+
+impl Message {
+    /// The job this message carries.
+    pub fn decode<T: Job>(&self) -> Result<T, JobError> {
+        serde_json::from_str(&self.body).map_err(|e| JobError::Decode {
+            kind: T::QUEUE.as_str(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Enqueues jobs on their queue, visible after `delay`. A job that cannot be encoded fails
+/// the whole send before anything is enqueued.
+pub async fn send_jobs<T: Job>(
+    queue: &dyn Queue,
+    jobs: &[T],
+    delay: Duration,
+) -> Result<(), QueueError> {
+    let bodies = jobs
+        .iter()
+        .map(Job::encode)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| QueueError {
+            failed: (0..jobs.len()).collect(),
+            message: e.to_string(),
+        })?;
+    queue.send(T::QUEUE, bodies, delay).await
 }
 
 /// A queue failure: which of the messages sent were not enqueued.
