@@ -91,13 +91,13 @@ async fn verify_signed(
             state.clock.now(),
             state.seen_ids.as_ref(),
         )
-        .map_err(|e| {
-            let code = if e == SignatureError::Replayed {
-                "signature_replayed"
-            } else {
-                "invalid_signature"
-            };
-            ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        .map_err(|e| match e {
+            SignatureError::IdReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "webhook_id_reused",
+                e.to_string(),
+            ),
+            _ => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string()),
         })?
         .to_string();
     let resp = next
