@@ -351,6 +351,58 @@ async fn smartemailing_webhooks_become_events_with_basic_or_bearer_auth() {
 }
 
 #[tokio::test]
+async fn smartemailing_registered_webhooks_are_authenticated_by_the_token_in_their_url() {
+    let r = relay().await;
+    // What SmartEmailing's `new_contact` webhook posts: a PHP-style form, no header.
+    let url = format!(
+        "{}/v1/webhooks/smartemailing/{WEBHOOK_TOKEN}?event_name=new_contact",
+        r.url
+    );
+    let form = "contact%5Bemailaddress%5D=jan%40example.com&contact%5Bname%5D=Jan";
+    let post = |url: String| {
+        r.http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+    };
+    let (s, answer) = r.send(post(url.clone())).await;
+    assert_eq!(s, 202, "{answer}");
+    let id = answer["results"][0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("se-new_contact-"), "{id}");
+    let (_, stored) = r.get(&format!("/v1/events/{id}")).await;
+    assert_eq!(stored["type"], "smartemailing.new_contact");
+    assert_eq!(stored["event"]["contact"]["email"], "jan@example.com");
+    assert_eq!(stored["event"]["data"]["contact"]["name"], "Jan");
+    // Its retry is a duplicate.
+    let (s, again) = r.send(post(url)).await;
+    assert_eq!(
+        (s, again["results"][0]["status"].clone()),
+        (202, json!("duplicate"))
+    );
+    // A wrong token, or none, is refused, and the answer does not echo it.
+    let wrong = "not-the-token-1234";
+    let (s, refused) = r
+        .send(post(format!(
+            "{}/v1/webhooks/smartemailing/{wrong}?event_name=new_contact",
+            r.url
+        )))
+        .await;
+    assert_eq!(
+        (s, refused["error"]["code"].clone()),
+        (401, json!("unauthorized"))
+    );
+    assert!(!refused.to_string().contains(wrong), "{refused}");
+    // An API key is not a token.
+    let (s, _) = r
+        .send(post(format!(
+            "{}/v1/webhooks/smartemailing/{API_KEY}?event_name=new_contact",
+            r.url
+        )))
+        .await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_say_nothing_more() {
     let r = relay().await;
     let (s, body) = r.send(r.http.get(format!("{}/admin", r.url))).await;

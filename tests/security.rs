@@ -451,7 +451,8 @@ async fn no_output_of_a_full_run_contains_a_secret() {
         .local_addr()
         .unwrap()
         .port();
-    let secrets = [SE_KEY, API_KEY, "collector-secret-77"];
+    let hook_token = "se-token-never-logged-8c2f";
+    let secrets = [SE_KEY, API_KEY, "collector-secret-77", hook_token];
     let child = Command::new(env!("CARGO_BIN_EXE_relay"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -461,6 +462,7 @@ async fn no_output_of_a_full_run_contains_a_secret() {
         .env("SMARTEMAILING_USERNAME", SE_USER)
         .env("SMARTEMAILING_API_KEY", SE_KEY)
         .env("RELAY_SECRET_COLLECTOR_TOKEN", "collector-secret-77")
+        .env("RELAY_WEBHOOK_TOKENS", hook_token)
         .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -491,6 +493,20 @@ async fn no_output_of_a_full_run_contains_a_secret() {
         .await
         .unwrap();
     outputs.push(r.text().await.unwrap());
+    // SmartEmailing's registered webhook, authenticated by the token in its URL, and one
+    // with a wrong token: neither token may appear in any output.
+    for token in [hook_token, "se-token-wrong-3b1e"] {
+        let r = http
+            .post(format!(
+                "{url}/v1/webhooks/smartemailing/{token}?event_name=new_contact"
+            ))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("contact%5Bemailaddress%5D=hook%40example.com")
+            .send()
+            .await
+            .unwrap();
+        outputs.push(r.text().await.unwrap());
+    }
     let r = http
         .post(format!("{url}/v1/preview"))
         .bearer_auth(API_KEY)

@@ -28,6 +28,8 @@ pub const SE_USER: &str = "shop@example.com";
 pub const SE_KEY: &str = "se-key-4f1c9a7e2b";
 /// The inbound API key in the tests.
 pub const API_KEY: &str = "relay-key-9d2e7c1a";
+/// The token of SmartEmailing's registered webhooks in tests.
+pub const WEBHOOK_TOKEN: &str = "se-hook-token-5f1c9a";
 /// How long a test waits for something that should happen quickly.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -51,6 +53,7 @@ pub fn bundle(with_smartemailing: bool) -> SecretBundle {
             api_key: Secret::new(SE_KEY),
         }),
         api_keys: vec![Secret::new("old-key-rotated-out"), Secret::new(API_KEY)],
+        webhook_tokens: vec![Secret::new(WEBHOOK_TOKEN)],
         named,
     }
 }

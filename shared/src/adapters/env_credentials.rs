@@ -2,7 +2,7 @@
 //! `SMARTEMAILING_API_KEY`, `RELAY_API_KEYS` and `RELAY_SECRET_<NAME>`; also held in memory
 //! for tests.
 
-use crate::domain::secret::{SeCredentials, Secret, SecretBundle};
+use crate::domain::secret::{secret_list, SeCredentials, Secret, SecretBundle};
 use crate::ports::{Credentials, SecretError};
 use async_trait::async_trait;
 use std::fmt;
@@ -10,7 +10,7 @@ use std::sync::RwLock;
 
 impl SecretBundle {
     /// Reads the local environment: `SMARTEMAILING_USERNAME`, `SMARTEMAILING_API_KEY`,
-    /// `RELAY_API_KEYS` (comma-separated) and `RELAY_SECRET_<NAME>` for each named secret.
+    /// `RELAY_API_KEYS` and `RELAY_WEBHOOK_TOKENS` (comma-separated) and `RELAY_SECRET_<NAME>` for each named secret.
     pub fn from_env(names: &[String]) -> Self {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let smartemailing = match (get("SMARTEMAILING_USERNAME"), get("SMARTEMAILING_API_KEY")) {
@@ -20,15 +20,13 @@ impl SecretBundle {
             }),
             _ => None,
         };
-        let api_keys = get("RELAY_API_KEYS")
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(Secret::new)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let list = |k: &str| {
+            get(k)
+                .map(|v| secret_list(v.split(',')))
+                .unwrap_or_default()
+        };
+        let api_keys = list("RELAY_API_KEYS");
+        let webhook_tokens = list("RELAY_WEBHOOK_TOKENS");
         let named = names
             .iter()
             .filter_map(|n| get(&secret_env_name(n)).map(|v| (n.clone(), Secret::new(v))))
@@ -36,6 +34,7 @@ impl SecretBundle {
         Self {
             smartemailing,
             api_keys,
+            webhook_tokens,
             named,
         }
     }
@@ -101,6 +100,10 @@ impl Credentials for StaticCredentials {
 
     async fn api_keys(&self) -> Result<Vec<Secret>, SecretError> {
         Ok(self.read().api_keys)
+    }
+
+    async fn webhook_tokens(&self) -> Result<Vec<Secret>, SecretError> {
+        Ok(self.read().webhook_tokens)
     }
 
     async fn secret(&self, name: &str) -> Result<Option<Secret>, SecretError> {

@@ -4,6 +4,7 @@ use super::auth::require_key;
 use super::body::{read_json, read_webhook_body};
 pub use super::error::ApiError;
 use crate::domain::event::{parse_event, parse_submission, Submitted};
+use crate::domain::secret::key_matches;
 use crate::domain::smartemailing_webhook::event_from_webhook;
 use crate::pipeline::inbound::{Accepted, Inbound};
 use crate::ports::clock::Clock;
@@ -59,6 +60,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        // SmartEmailing registers only a URL: the token in it is the credential.
+        .route(
+            "/v1/webhooks/smartemailing/{token}",
+            post(post_smartemailing_webhook_by_token),
+        )
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -181,11 +187,45 @@ async fn post_smartemailing_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let value = read_webhook_body(state.body_limit, &headers, body).await?;
+    accept_webhook(&state, q, &headers, body).await
+}
+
+/// SmartEmailing's registered webhooks (`POST /web-hooks` takes only a URL): the token in
+/// the path, compared in constant time with the configured ones, authenticates the call.
+/// The token is never logged or echoed.
+async fn post_smartemailing_webhook_by_token(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    Query(q): Query<WebhookQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tokens = state
+        .credentials
+        .webhook_tokens()
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the webhook tokens", e))?;
+    if !key_matches(&token, &tokens) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown webhook token: register the URL with one of the relay's webhook tokens",
+        ));
+    }
+    accept_webhook(&state, q, &headers, body).await
+}
+
+async fn accept_webhook(
+    state: &AppState,
+    q: WebhookQuery,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_webhook_body(state.body_limit, headers, body).await?;
     let name = q.event_name.unwrap_or_default();
     let (event, payload_hash) = event_from_webhook(&name, value, state.clock.now())?;
     accept(
-        &state,
+        state,
         vec![Submitted {
             event,
             payload_hash,

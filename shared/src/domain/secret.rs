@@ -71,6 +71,16 @@ pub fn key_matches(presented: &str, keys: &[Secret]) -> bool {
     bool::from(found)
 }
 
+/// Non-blank values, trimmed, as secrets (a list of keys or tokens as configured).
+pub fn secret_list<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Secret> {
+    values
+        .into_iter()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+        .collect()
+}
+
 /// The secrets of one deployment, held in memory.
 #[derive(Clone, Default, Debug)]
 pub struct SecretBundle {
@@ -78,6 +88,9 @@ pub struct SecretBundle {
     pub smartemailing: Option<SeCredentials>,
     /// Inbound API keys.
     pub api_keys: Vec<Secret>,
+    /// Tokens that authenticate SmartEmailing's registered webhooks by their URL
+    /// (`/v1/webhooks/smartemailing/{token}`), for senders that cannot set a header.
+    pub webhook_tokens: Vec<Secret>,
     /// Named secrets for webhook actions.
     pub named: HashMap<String, Secret>,
 }

@@ -15,6 +15,8 @@ pub trait Credentials: Send + Sync {
     async fn smartemailing(&self) -> Result<Option<SeCredentials>, SecretError>;
     /// The keys that may call the inbound API.
     async fn api_keys(&self) -> Result<Vec<Secret>, SecretError>;
+    /// The tokens that authenticate SmartEmailing's webhooks in their URL.
+    async fn webhook_tokens(&self) -> Result<Vec<Secret>, SecretError>;
     /// A named secret for a webhook action.
     async fn secret(&self, name: &str) -> Result<Option<Secret>, SecretError>;
     /// Drops any cached values so the next read fetches fresh ones (after a 401).

@@ -3,13 +3,14 @@
 //! ```json
 //! {"smartemailing": {"username": "login@example.com", "api_key": "..."},
 //!  "api_keys": ["key-for-the-cdp", "key-for-the-shop"],
+//!  "webhook_tokens": ["a-long-random-token-for-smartemailing"],
 //!  "webhook_secrets": {"crm_token": "..."}}
 //! ```
 //!
 //! A blank or missing `smartemailing` means dry-run, as locally. The values never reach a log
 //! or an error message: a malformed secret is reported by position only.
 
-use crate::domain::secret::{SeCredentials, Secret, SecretBundle};
+use crate::domain::secret::{secret_list, SeCredentials, Secret, SecretBundle};
 use crate::ports::clock::Clock;
 use crate::ports::{Credentials, SecretError};
 use async_trait::async_trait;
@@ -31,6 +32,8 @@ struct SecretDoc {
     #[serde(default)]
     api_keys: Vec<String>,
     #[serde(default)]
+    webhook_tokens: Vec<String>,
+    #[serde(default)]
     webhook_secrets: HashMap<String, String>,
 }
 
@@ -47,7 +50,7 @@ pub fn parse_secret(text: &str) -> Result<SecretBundle, SecretError> {
     let doc: SecretDoc = serde_json::from_str(text).map_err(|e| {
         // serde_json's message can quote the offending value: only its position is kept.
         SecretError(format!(
-            "the secret is not the expected JSON ({:?} error at line {}, column {}); expected {{\"smartemailing\": {{\"username\", \"api_key\"}}, \"api_keys\": [...], \"webhook_secrets\": {{...}}}}",
+            "the secret is not the expected JSON ({:?} error at line {}, column {}); expected {{\"smartemailing\": {{\"username\", \"api_key\"}}, \"api_keys\": [...], \"webhook_tokens\": [...], \"webhook_secrets\": {{...}}}}",
             e.classify(),
             e.line(),
             e.column()
@@ -62,13 +65,8 @@ pub fn parse_secret(text: &str) -> Result<SecretBundle, SecretError> {
     });
     Ok(SecretBundle {
         smartemailing,
-        api_keys: doc
-            .api_keys
-            .iter()
-            .map(|k| k.trim())
-            .filter(|k| !k.is_empty())
-            .map(Secret::new)
-            .collect(),
+        api_keys: secret_list(doc.api_keys.iter().map(String::as_str)),
+        webhook_tokens: secret_list(doc.webhook_tokens.iter().map(String::as_str)),
         named: doc
             .webhook_secrets
             .into_iter()
@@ -157,6 +155,10 @@ impl Credentials for SecretsManagerCredentials {
 
     async fn api_keys(&self) -> Result<Vec<Secret>, SecretError> {
         Ok(self.bundle().await?.api_keys)
+    }
+
+    async fn webhook_tokens(&self) -> Result<Vec<Secret>, SecretError> {
+        Ok(self.bundle().await?.webhook_tokens)
     }
 
     async fn secret(&self, name: &str) -> Result<Option<Secret>, SecretError> {
