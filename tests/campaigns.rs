@@ -433,13 +433,13 @@ async fn a_hundred_thousand_birthdays_on_one_day_are_paged_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_click_on_the_sale_link_adds_to_a_list_and_every_webhook_reaches_the_collector() {
+async fn an_automation_click_step_adds_to_a_list_and_every_webhook_reaches_the_collector() {
     let c = campaign(at("2026-11-18T11:00:00Z")).await;
     let hook = |link: &str| {
         c.relay
             .http
             .post(format!(
-                "{}/v1/webhooks/smartemailing?event_name=click",
+                "{}/v1/webhooks/smartemailing?event_name=sale_link_clicked",
                 c.relay.url
             ))
             .basic_auth("smartemailing", Some(API_KEY))
@@ -465,7 +465,7 @@ async fn a_click_on_the_sale_link_adds_to_a_list_and_every_webhook_reaches_the_c
         assert_eq!(g.uri, "/v1/smartemailing");
         assert_eq!(g.headers["authorization"], "Bearer collector-secret-77");
         let body: Value = serde_json::from_str(&g.body).unwrap();
-        assert_eq!(body["type"], "smartemailing.click");
+        assert_eq!(body["type"], "smartemailing.sale_link_clicked");
         assert_eq!(body["email"], "jan@example.com");
         assert_eq!(body["data"]["campaign_id"], 991);
     }
