@@ -5,6 +5,7 @@
 //! A leaf that is exactly one `{{ expression }}` keeps the JSON type of its value.
 
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use tera::{Context, Tera};
 
 /// The most items `range` may produce in a template.
@@ -84,57 +85,13 @@ impl TemplateSet {
         // Tera ships `get_env`, which in Lambda would hand out the AWS credentials.
         tera.functions.remove("get_env");
         tera.functions.remove("get_random");
-        tera.register_function("get_env", |_: &std::collections::HashMap<String, Value>| {
+        tera.register_function("get_env", |_: &HashMap<String, Value>| {
             Err(tera::Error::msg("get_env is disabled in the relay"))
         });
         // `range` is the one way a template can loop without data; bound it.
-        tera.register_function(
-            "range",
-            |args: &std::collections::HashMap<String, Value>| {
-                let int = |k: &str, default: Option<i64>| -> tera::Result<i64> {
-                    match args.get(k) {
-                        Some(v) => v.as_i64().ok_or_else(|| {
-                            tera::Error::msg(format!("range: `{k}` must be an integer"))
-                        }),
-                        None => default
-                            .ok_or_else(|| tera::Error::msg(format!("range: `{k}` is required"))),
-                    }
-                };
-                let (start, end, step) = (
-                    int("start", Some(0))?,
-                    int("end", None)?,
-                    int("step_by", Some(1))?,
-                );
-                if step <= 0 {
-                    return Err(tera::Error::msg("range: `step_by` must be positive"));
-                }
-                let len = if end > start {
-                    (end - start + step - 1) / step
-                } else {
-                    0
-                };
-                if len > MAX_RANGE as i64 {
-                    return Err(tera::Error::msg(format!(
-                        "range: at most {MAX_RANGE} items"
-                    )));
-                }
-                Ok(Value::Array(
-                    (0..len).map(|i| Value::from(start + i * step)).collect(),
-                ))
-            },
-        );
+        tera.register_function("range", bounded_range);
         // Deterministic codes (reward codes, pseudonymous ids) without reaching outside.
-        tera.register_filter(
-            "sha256",
-            |value: &Value, _: &std::collections::HashMap<String, Value>| {
-                use sha2::{Digest, Sha256};
-                let text = match value {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                Ok(Value::String(hex::encode(Sha256::digest(text.as_bytes()))))
-            },
-        );
+        tera.register_filter("sha256", sha256_filter);
         tera.autoescape_on(vec![]);
         Self { tera, count: 0 }
     }
@@ -280,6 +237,49 @@ impl TemplateSet {
         }
         Ok(out)
     }
+}
+
+/// Tera's `range(start=0, end, step_by=1)`, refusing more than [`MAX_RANGE`] items.
+fn bounded_range(args: &HashMap<String, Value>) -> tera::Result<Value> {
+    let int = |k: &str, default: Option<i64>| -> tera::Result<i64> {
+        match args.get(k) {
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| tera::Error::msg(format!("range: `{k}` must be an integer"))),
+            None => default.ok_or_else(|| tera::Error::msg(format!("range: `{k}` is required"))),
+        }
+    };
+    let (start, end, step) = (
+        int("start", Some(0))?,
+        int("end", None)?,
+        int("step_by", Some(1))?,
+    );
+    if step <= 0 {
+        return Err(tera::Error::msg("range: `step_by` must be positive"));
+    }
+    let len = if end > start {
+        (end - start + step - 1) / step
+    } else {
+        0
+    };
+    if len > MAX_RANGE as i64 {
+        return Err(tera::Error::msg(format!(
+            "range: at most {MAX_RANGE} items"
+        )));
+    }
+    Ok(Value::Array(
+        (0..len).map(|i| Value::from(start + i * step)).collect(),
+    ))
+}
+
+/// The `sha256` filter: the hex SHA-256 of the value's text.
+fn sha256_filter(value: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
+    use sha2::{Digest, Sha256};
+    let text = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Ok(Value::String(hex::encode(Sha256::digest(text.as_bytes()))))
 }
 
 /// Builds the context every template sees: `event`, `contact`, `data` and `now`.

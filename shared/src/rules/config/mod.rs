@@ -1,0 +1,189 @@
+//! The rules file: parsed once, validated completely at load, then immutable.
+//!
+//! `raw` is the file as written, `settings` its settings sections, `model` the compiled rules,
+//! and `compile` the checks from one to the other; each action kind compiles in
+//! `rules::actions`.
+
+mod compile;
+mod model;
+mod raw;
+mod settings;
+
+pub use crate::rules::actions::{
+    Action, ActionBody, ImportItem, ListEntry, OrderItem, SendTask, TriggerEvent, WebhookAuth,
+    WebhookBody, WebhookRequest,
+};
+pub use crate::security::outbound::OutboundPolicy;
+pub use model::{InboundSignatures, Rule, Schedules, ThenStep, TypePattern, Unless};
+pub use settings::{BreakerSettings, DeliverySettings, SmartEmailingSettings};
+
+use crate::rules::template::TemplateSet;
+use raw::RawConfig;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A config that failed to load; every problem found, each naming its place.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid config {source_name}:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// The file (or other source) the config came from.
+    pub source_name: String,
+    /// Each problem, naming the rule and field.
+    pub problems: Vec<String>,
+}
+
+/// The loaded, validated, immutable config.
+#[derive(Debug)]
+pub struct Config {
+    /// Where SmartEmailing is.
+    pub smartemailing: SmartEmailingSettings,
+    /// Delivery settings.
+    pub delivery: DeliverySettings,
+    /// The time-driven runs.
+    pub schedules: Schedules,
+    /// Where `webhook` actions may send.
+    pub outbound: OutboundPolicy,
+    /// Signed inbound routes.
+    pub signatures: InboundSignatures,
+    /// The rules, in file order.
+    pub rules: Vec<Rule>,
+    /// Every template, compiled.
+    pub templates: TemplateSet,
+    /// Names of the secrets webhook actions reference.
+    pub secret_names: Vec<String>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: path.display().to_string(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Validates a config given as YAML text.
+    pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        // Actions are written `- trigger_event: {...}`: single-key maps, not YAML tags.
+        let raw: RawConfig = serde_yaml::with::singleton_map_recursive::deserialize(
+            serde_yaml::Deserializer::from_str(text),
+        )
+        .map_err(|e| fail(vec![e.to_string()]))?;
+        compile::compile(raw).map_err(fail)
+    }
+
+    /// A rule by name.
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.by_name.get(name).map(|&i| &self.rules[i])
+    }
+
+    /// Overrides the SmartEmailing base URL (the `SMARTEMAILING_API_URL` variable).
+    pub fn override_base_url(&mut self, url: &str) {
+        self.smartemailing.base_url = url.trim_end_matches('/').to_string();
+    }
+
+    /// The longest chain of `then` steps in the config.
+    pub fn max_chain_depth(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compile::parse_pattern;
+    use super::*;
+    use crate::domain::smartemailing;
+    use std::time::Duration;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        Config::parse(yaml, "test").unwrap_err().problems
+    }
+
+    #[test]
+    fn a_minimal_config_loads_with_defaults() {
+        let c = Config::parse("rules: []", "t").unwrap();
+        assert_eq!(c.smartemailing.base_url, smartemailing::DEFAULT_BASE_URL);
+        assert_eq!(c.delivery.retry_schedule.len(), 7);
+        assert_eq!(c.delivery.batch_window.get(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let p = problems("rules:\n  - name: a\n    on: [x]\n    actions: [{trigger_event: {name: a, colour: red}}]\n");
+        assert!(p[0].contains("colour"), "{p:?}");
+        let p = problems("delivery: {timeot: 3s}\n");
+        assert!(p[0].contains("timeot"), "{p:?}");
+        let p = problems("rules:\n  - name: a\n    actions: [{teleport: {}}]\n");
+        assert!(p[0].contains("teleport"), "{p:?}");
+    }
+
+    #[test]
+    fn missing_then_duplicates_and_loops_are_named() {
+        let p = problems(
+            "rules:\n  - {name: a, on: [x], actions: [{add_to_list: {list: 1}}], then: [b]}\n  - {name: b, actions: [{add_to_list: {list: 1}}], then: [a]}\n  - {name: b, actions: [{add_to_list: {list: 1}}], then: [zz]}\n",
+        );
+        let all = p.join("\n");
+        assert!(all.contains("rules[b].name"), "{all}");
+        assert!(all.contains("no rule is named `zz`"), "{all}");
+        assert!(all.contains("the chain loops"), "{all}");
+    }
+
+    #[test]
+    fn a_broken_template_names_rule_and_field() {
+        let p = problems("rules:\n  - name: welcome\n    on: [x]\n    actions: [{trigger_event: {name: w, payload: {a: '{{ contact.first_name'}}}]\n");
+        assert!(
+            p[0].starts_with("rules[welcome].actions[0].trigger_event.payload.a"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_replace_template_names_its_key_in_each_send_action() {
+        for (action, extra) in [
+            ("send_email", "email_id: 1, sender: {from: a@example.com, sender_name: A, reply_to: a@example.com}"),
+            (
+                "send_transactional_email",
+                "email_id: 1, sender: {from: a@example.com, sender_name: A, reply_to: a@example.com}",
+            ),
+            ("send_sms", "sms_id: 1"),
+        ] {
+            let p = problems(&format!(
+                "rules:\n  - name: r\n    on: [x]\n    actions: [{{{action}: {{{extra}, replace: {{first_name: '{{{{ contact.first_name'}}}}}}]\n"
+            ));
+            let place = format!("rules[r].actions[0].{action}.replace.first_name");
+            assert!(p.iter().any(|e| e.starts_with(&place)), "{action}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn webhooks_cannot_set_authorization_headers() {
+        let p = problems("rules:\n  - name: a\n    on: [x]\n    actions: [{webhook: {url: 'https://x.example.com', headers: {Authorization: 'Bearer x'}}}]\n");
+        assert!(p[0].contains("headers.Authorization"), "{p:?}");
+    }
+
+    #[test]
+    fn a_bad_secret_name_is_reported_once_under_its_own_action() {
+        let p = problems(
+            "rules:\n  - name: a\n    on: [x]\n    actions:\n      - {webhook: {url: 'https://x.example.com', auth: {bearer_secret: 'bad name'}}}\n      - {webhook: {url: 'https://x.example.com', auth: {bearer_secret: good}}}\n",
+        );
+        let about_it: Vec<_> = p.iter().filter(|e| e.contains("`bad name`")).collect();
+        assert_eq!(
+            about_it,
+            ["rules[a].actions[0].webhook.auth: secret name `bad name` must be letters, digits, `_` or `-`"],
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn patterns_match() {
+        assert!(parse_pattern("order.*").unwrap().matches("order.created"));
+        assert!(!parse_pattern("order.*").unwrap().matches("orders"));
+        assert!(parse_pattern("a*b").is_err());
+    }
+}

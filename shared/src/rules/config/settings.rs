@@ -1,0 +1,116 @@
+//! The config's settings sections, read as written with their defaults filled in.
+
+use crate::domain::duration::HumanDuration;
+use crate::domain::smartemailing;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Where SmartEmailing is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartEmailingSettings {
+    /// The API base URL, without a trailing slash.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+}
+
+impl Default for SmartEmailingSettings {
+    fn default() -> Self {
+        Self {
+            base_url: default_base_url(),
+        }
+    }
+}
+
+fn default_base_url() -> String {
+    smartemailing::DEFAULT_BASE_URL.to_string()
+}
+
+/// How deliveries are sent and retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// How long one call may take.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Delays between attempts; its length is the number of retries.
+    #[serde(default = "default_retry_schedule")]
+    pub retry_schedule: Vec<HumanDuration>,
+    /// How long to wait to fill a bulk call.
+    #[serde(default = "default_batch_window")]
+    pub batch_window: HumanDuration,
+    /// The least wait after a 429, a timeout or a rate-limit message.
+    #[serde(default = "default_min_overload_delay")]
+    pub min_overload_delay: HumanDuration,
+    /// When a target's circuit opens, and when it is probed.
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+    /// Calls per second per target (the SmartEmailing account, or a webhook host).
+    #[serde(default = "default_max_rps")]
+    pub max_requests_per_second: f64,
+}
+
+/// The circuit breaker's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Failed calls in a row that open the circuit.
+    #[serde(default = "default_open_after")]
+    pub open_after: u32,
+    /// How long an open circuit waits before one probe.
+    #[serde(default = "default_probe_after")]
+    pub probe_after: HumanDuration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            open_after: default_open_after(),
+            probe_after: default_probe_after(),
+        }
+    }
+}
+
+fn default_open_after() -> u32 {
+    10
+}
+
+fn default_probe_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_min_overload_delay() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+fn default_max_rps() -> f64 {
+    10.0
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            timeout: default_timeout(),
+            retry_schedule: default_retry_schedule(),
+            batch_window: default_batch_window(),
+            min_overload_delay: default_min_overload_delay(),
+            breaker: BreakerSettings::default(),
+            max_requests_per_second: default_max_rps(),
+        }
+    }
+}
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_batch_window() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+
+fn default_retry_schedule() -> Vec<HumanDuration> {
+    [5, 300, 1800, 7200, 18000, 36000, 36000]
+        .into_iter()
+        .map(|s| HumanDuration(Duration::from_secs(s)))
+        .collect()
+}
