@@ -1,0 +1,106 @@
+//! `relay serve`: the HTTP API and the delivery workers on an embedded SQLite store.
+
+use crate::config::load_config;
+use crate::{internal, user, Failure};
+use anyhow::{anyhow, Context as _};
+use relay_shared::adapters::env_credentials::{secret_env_name, StaticCredentials};
+use relay_shared::adapters::reqwest::ReqwestTransport;
+use relay_shared::api::router::DEFAULT_BODY_LIMIT;
+use relay_shared::ports::clock::SystemClock;
+use relay_shared::ports::Credentials;
+use relay_shared::rules::config::Config;
+use relay_shared::runner::{start, RunnerOptions};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the relay until SIGINT or SIGTERM, then finishes the work in flight.
+pub(crate) async fn serve(
+    config_path: &Path,
+    listen: &str,
+    state: &Path,
+) -> Result<ExitCode, Failure> {
+    let config = Arc::new(load_config(config_path)?);
+    let (credentials, dry_run) = credentials(&config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
+        .map_err(user)?;
+    let transport = Arc::new(ReqwestTransport::new().map_err(internal)?);
+    let relay = start(
+        listener,
+        RunnerOptions {
+            config: config.clone(),
+            state_dir: state.to_path_buf(),
+            credentials,
+            clock: Arc::new(SystemClock),
+            transport,
+            body_limit: DEFAULT_BODY_LIMIT,
+            poll_interval: Duration::from_millis(250),
+            seed: None,
+        },
+    )
+    .await
+    .map_err(internal)?;
+    if dry_run {
+        tracing::warn!("DRY RUN: SMARTEMAILING_USERNAME and SMARTEMAILING_API_KEY are not set, so nothing will be sent; deliveries are rendered and recorded as dry_run");
+    }
+    tracing::info!(
+        addr = %relay.addr,
+        rules = config.rules.len(),
+        smartemailing = %config.smartemailing.base_url,
+        state = %state.display(),
+        "relay listening"
+    );
+    wait_for_signal().await;
+    tracing::info!("stopping: no new requests; finishing the work in flight");
+    relay.shutdown().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The credentials from the environment, and whether the relay runs dry (no SmartEmailing
+/// credentials). Refuses to start without inbound API keys; warns of each missing webhook
+/// secret.
+async fn credentials(config: &Config) -> Result<(Arc<StaticCredentials>, bool), Failure> {
+    let credentials = Arc::new(StaticCredentials::from_env(config.secret_names.clone()));
+    if credentials.api_keys().await.map_err(internal)?.is_empty() {
+        return Err(user(anyhow!(
+            "RELAY_API_KEYS is not set: give one or more comma-separated keys that callers send as `Authorization: Bearer <key>`"
+        )));
+    }
+    let dry_run = credentials
+        .smartemailing()
+        .await
+        .map_err(internal)?
+        .is_none();
+    for name in &config.secret_names {
+        if credentials.secret(name).await.map_err(internal)?.is_none() {
+            tracing::warn!(secret = %name, variable = %secret_env_name(name), "a webhook secret is not set; its deliveries will fail");
+        }
+    }
+    Ok((credentials, dry_run))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
