@@ -5,17 +5,22 @@ mod support;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 use support::*;
 
-fn relay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(args)
-        .env_remove("SMARTEMAILING_USERNAME")
+/// `relay` with none of the environment that would change what it does.
+fn relay_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
+    cmd.env_remove("SMARTEMAILING_USERNAME")
         .env_remove("SMARTEMAILING_API_KEY")
         .env_remove("SMARTEMAILING_API_URL")
-        .output()
-        .expect("relay runs")
+        .env_remove("RELAY_CONFIG");
+    cmd
+}
+
+fn relay(args: &[&str]) -> Output {
+    relay_command().args(args).output().expect("relay runs")
 }
 
 fn text(o: &[u8]) -> String {
@@ -153,6 +158,7 @@ fn serve(
         .env("RELAY_API_KEYS", API_KEY)
         .env_remove("SMARTEMAILING_USERNAME")
         .env_remove("SMARTEMAILING_API_KEY")
+        .env_remove("RELAY_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -291,4 +297,204 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
     let line: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(line["event_id"], "cli-1");
     assert_eq!(line["attempts"], 1);
+}
+
+#[test]
+fn help_describes_the_command_and_lists_every_delivery_status() {
+    let help = text(&relay(&["--help"]).stdout);
+    assert!(
+        help.starts_with("Relay CDP and e-shop events to SmartEmailing: serve"),
+        "{help}"
+    );
+    assert!(!help.contains("end-to-end tests"), "{help}");
+    let help = text(&relay(&["deliveries", "--help"]).stdout);
+    let statuses = [
+        "pending",
+        "scheduled",
+        "retrying",
+        "sent",
+        "dry_run",
+        "skipped",
+        "dead",
+        "cancelled",
+    ];
+    for status in statuses {
+        assert!(help.contains(status), "{status}: {help}");
+    }
+    // The statuses the old help left out are accepted: the command gets as far as the store.
+    for status in ["scheduled", "cancelled"] {
+        let out = relay(&[
+            "deliveries",
+            "--status",
+            status,
+            "--state",
+            "/nonexistent/state",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains("no relay state"), "{status}");
+    }
+    let out = relay(&["deliveries", "--status", "bogus"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cancelled"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bare_port_for_listen_is_refused_with_the_address_to_write() {
+    for given in ["8080", ":8080"] {
+        let out = relay_command()
+            .args(["serve", "--listen", given])
+            .env("RELAY_API_KEYS", API_KEY)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{given}");
+        let err = text(&out.stderr);
+        assert!(err.contains("write 127.0.0.1:8080"), "{given}: {err}");
+    }
+}
+
+#[test]
+fn the_config_comes_from_relay_config_or_the_state_directory_and_a_miss_names_every_place() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = repo.join("config/relay.yaml");
+    let events = repo.join("events");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |env: Option<&Path>| {
+        let mut cmd = relay_command();
+        cmd.current_dir(dir.path())
+            .arg("check")
+            .arg("--events")
+            .arg(&events);
+        if let Some(path) = env {
+            cmd.env("RELAY_CONFIG", path);
+        }
+        cmd.output().unwrap()
+    };
+
+    let out = check(None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for place in ["config/relay.yaml", ".relay/relay.yaml", "RELAY_CONFIG"] {
+        assert!(err.contains(place), "{place}: {err}");
+    }
+
+    let out = check(Some(&example));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(&format!("{}: ", example.display())),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // `relay.yaml` in the state directory: found there, so the run gets as far as the store.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::copy(&example, state.join("relay.yaml")).unwrap();
+    let out = relay_command()
+        .current_dir(dir.path())
+        .args(["birthdays", "run", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no relay state"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Commands without --state look in the default one.
+    std::fs::create_dir(dir.path().join(".relay")).unwrap();
+    std::fs::copy(&example, dir.path().join(".relay/relay.yaml")).unwrap();
+    let out = check(None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with(".relay/relay.yaml: "));
+}
+
+/// A relay's output once it has exited; kills it and fails if it is still running after
+/// PATIENCE (a `serve` that should have refused to start would otherwise hang the test).
+fn output_within_patience(child: std::process::Child) -> Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("relay (pid {pid}) still running after {PATIENCE:?}");
+        }
+    }
+}
+
+/// A config with one rule, `welcome`, in a new temporary directory.
+fn welcome_config() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.yaml");
+    std::fs::write(
+        &config,
+        config_yaml("https://unused.example.com/api/v3", "  - name: welcome\n    on: [contact.created]\n    actions:\n      - trigger_event: {name: welcome}\n"),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_an_unknown_id_names_it_exits_1_and_replays_nothing() {
+    let (dir, config) = welcome_config();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let child = serve(&config, &state, port, None);
+    wait_healthy(&url).await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(API_KEY)
+        .json(&event("cli-2", "contact.created", "eva@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    wait_status(&url, "cli-2", "dry_run").await;
+
+    let (cfg, st) = (config.to_str().unwrap(), state.to_str().unwrap());
+    let out = relay(&["deliveries", "--json", "--state", st]);
+    let known: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let known = known["id"].as_str().unwrap().to_string();
+
+    let out = relay(&["replay", "dlv_unknown", "--config", cfg, "--state", st]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("no delivery has the id dlv_unknown"), "{err}");
+    assert!(
+        !text(&out.stdout).contains("queued"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = relay(&[
+        "replay", &known, "dlv_a", "dlv_b", "--config", cfg, "--state", st,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("dlv_a, dlv_b") && !err.contains(&known),
+        "{err}"
+    );
+    let out = relay(&["deliveries", "--status", "dry_run", "--json", "--state", st]);
+    let line: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        line["id"],
+        known.as_str(),
+        "the known delivery was left as it was"
+    );
+
+    sigterm(&child);
+    assert_eq!(output_within_patience(child).status.code(), Some(0));
 }

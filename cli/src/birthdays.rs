@@ -1,13 +1,13 @@
 //! `relay birthdays run`: the day's `contact.birthday` events, beside a running `relay serve`.
 
-use crate::config::load_config;
+use crate::config::locate_and_load;
 use crate::deliveries::open_store;
 use crate::{internal, user, Failure};
 use anyhow::anyhow;
 use relay_shared::pipeline::birthdays::run_birthdays;
 use relay_shared::pipeline::inbound::Inbound;
 use relay_shared::ports::clock::{Clock, SystemClock};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -15,10 +15,10 @@ use std::sync::Arc;
 /// contact is congratulated once a year however often it runs.
 pub(crate) async fn run(
     date: Option<String>,
-    config_path: &Path,
+    config: Option<PathBuf>,
     state: &Path,
 ) -> Result<ExitCode, Failure> {
-    let config = load_config(config_path)?;
+    let (_, config) = locate_and_load(config, state)?;
     let now = SystemClock.now();
     let date = match date {
         Some(d) => chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")

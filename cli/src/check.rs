@@ -1,7 +1,8 @@
 //! `relay check` (validate the config, render every rule against the sample events) and
 //! `relay render` (preview what the rules would send for one event).
 
-use crate::config::load_config;
+use crate::args::DEFAULT_STATE;
+use crate::config::locate_and_load;
 use crate::{internal, user, Failure};
 use anyhow::{anyhow, Context as _};
 use chrono::{DateTime, Utc};
@@ -23,8 +24,8 @@ struct Tally {
 
 /// Validates the config and renders every rule against the sample events: exit 1 on any
 /// problem.
-pub(crate) fn check(config_path: &Path, events_dir: &Path) -> Result<ExitCode, Failure> {
-    let config = load_config(config_path)?;
+pub(crate) fn check(config: Option<PathBuf>, events_dir: &Path) -> Result<ExitCode, Failure> {
+    let (config_path, config) = locate_and_load(config, Path::new(DEFAULT_STATE))?;
     println!(
         "{}: {} rules, valid",
         config_path.display(),
@@ -169,8 +170,8 @@ fn reaches(config: &Config, event: &Event, target: &str) -> bool {
 }
 
 /// Prints what the rules would send for an event, credentials masked.
-pub(crate) fn render(event_path: &Path, config_path: &Path) -> Result<ExitCode, Failure> {
-    let config = load_config(config_path)?;
+pub(crate) fn render(event_path: &Path, config: Option<PathBuf>) -> Result<ExitCode, Failure> {
+    let (_, config) = locate_and_load(config, Path::new(DEFAULT_STATE))?;
     let text = std::fs::read_to_string(event_path)
         .with_context(|| format!("cannot read {}", event_path.display()))
         .map_err(user)?;

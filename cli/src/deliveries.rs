@@ -1,7 +1,7 @@
 //! `relay deliveries` (list) and `relay replay` (send again with the original ids), on the
 //! local SQLite state or, with `--aws` (a build with feature `aws`), on the deployed relay.
 
-use crate::config::load_config;
+use crate::config::locate_and_load;
 use crate::{internal, user, Failure};
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
@@ -10,7 +10,9 @@ use relay_shared::domain::delivery::{DeliveryId, DeliveryStatus};
 use relay_shared::pipeline::dispatch::replay as replay_deliveries;
 use relay_shared::ports::clock::{Clock, SystemClock};
 use relay_shared::ports::{DeliveryFilter, DeliveryStore, EventStore, Queue};
-use std::path::Path;
+use relay_shared::rules::config::Config;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -25,18 +27,6 @@ fn parse_since(since: Option<String>) -> Result<Option<i64>, Failure> {
         Err(_) => Err(user(anyhow!(
             "--since: `{s}` is neither an RFC 3339 time nor a duration like 2h"
         ))),
-    }
-}
-
-/// `--status`: one of the statuses a delivery can have.
-fn parse_status(status: Option<String>) -> Result<Option<DeliveryStatus>, Failure> {
-    match status {
-        None => Ok(None),
-        Some(s) => DeliveryStatus::parse(&s).map(Some).ok_or_else(|| {
-            user(anyhow!(
-                "--status: `{s}` must be pending, retrying, sent, dead, skipped or dry_run"
-            ))
-        }),
     }
 }
 
@@ -102,7 +92,7 @@ async fn open_aws_stores() -> Result<Stores, Failure> {
 
 /// Lists the deliveries matching the filters, as a table or as JSON lines.
 pub(crate) async fn deliveries(
-    status: Option<String>,
+    status: Option<DeliveryStatus>,
     rule: Option<String>,
     since: Option<String>,
     limit: usize,
@@ -110,7 +100,7 @@ pub(crate) async fn deliveries(
     stores: &Stores,
 ) -> Result<ExitCode, Failure> {
     let filter = DeliveryFilter {
-        status: parse_status(status)?,
+        status,
         rule,
         since_ms: parse_since(since)?,
         limit,
@@ -150,13 +140,18 @@ pub(crate) async fn deliveries(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Replays the named deliveries and/or every dead one, in chunks of 100.
+/// The most ids handed to the store in one call (DynamoDB's batch read takes 100).
+const CHUNK: usize = 100;
+
+/// Replays the named deliveries and/or every dead one, in chunks. An id that names no
+/// delivery is a mistake (a typo, another state): nothing is replayed and it exits 1.
 pub(crate) async fn replay(
     ids: Vec<String>,
     all_dead: bool,
     rule: Option<String>,
     since: Option<String>,
-    config_path: &Path,
+    config: Option<PathBuf>,
+    state: &Path,
     stores: &Stores,
 ) -> Result<ExitCode, Failure> {
     if ids.is_empty() && !all_dead {
@@ -164,8 +159,9 @@ pub(crate) async fn replay(
             "name delivery ids to replay, or pass --all-dead"
         )));
     }
-    let config = load_config(config_path)?;
+    let (_, config) = locate_and_load(config, state)?;
     let mut targets: Vec<DeliveryId> = ids.into_iter().map(DeliveryId::from_stored).collect();
+    refuse_unknown(&targets, stores).await?;
     if all_dead {
         let filter = DeliveryFilter {
             status: Some(DeliveryStatus::Dead),
@@ -184,10 +180,46 @@ pub(crate) async fn replay(
         );
     }
     let total = targets.len();
+    let queued = replay_in_chunks(&config, &targets, stores).await?;
+    println!("{queued} of {total} deliveries queued for sending (already-sent ones are never resent); a running `relay serve` picks them up");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fails, naming them, when some of the ids name no delivery.
+async fn refuse_unknown(ids: &[DeliveryId], stores: &Stores) -> Result<(), Failure> {
+    let mut known = HashSet::new();
+    for chunk in ids.chunks(CHUNK) {
+        let found = stores.deliveries.get_many(chunk).await.map_err(internal)?;
+        known.extend(found.into_iter().map(|d| d.id));
+    }
+    let unknown: Vec<&str> = ids
+        .iter()
+        .filter(|id| !known.contains(*id))
+        .map(DeliveryId::as_str)
+        .collect();
+    match unknown.as_slice() {
+        [] => Ok(()),
+        [one] => Err(user(anyhow!(
+            "no delivery has the id {one}, so nothing was replayed (`relay deliveries` lists them)"
+        ))),
+        many => Err(user(anyhow!(
+            "no delivery has the ids {}, so nothing was replayed (`relay deliveries` lists them)",
+            many.join(", ")
+        ))),
+    }
+}
+
+/// Replays the targets a chunk at a time, reporting progress on stderr; how many were queued.
+async fn replay_in_chunks(
+    config: &Config,
+    targets: &[DeliveryId],
+    stores: &Stores,
+) -> Result<usize, Failure> {
+    let total = targets.len();
     let mut queued = 0usize;
-    for (i, chunk) in targets.chunks(100).enumerate() {
+    for (i, chunk) in targets.chunks(CHUNK).enumerate() {
         let done = replay_deliveries(
-            &config,
+            config,
             stores.events.as_ref(),
             stores.deliveries.as_ref(),
             stores.queue.as_ref(),
@@ -199,11 +231,10 @@ pub(crate) async fn replay(
         queued += done.len();
         eprintln!(
             "replay: {}/{} looked at, {} queued",
-            (i * 100 + chunk.len()).min(total),
+            (i * CHUNK + chunk.len()).min(total),
             total,
             queued
         );
     }
-    println!("{queued} of {total} deliveries queued for sending (already-sent ones are never resent); a running `relay serve` picks them up");
-    Ok(ExitCode::SUCCESS)
+    Ok(queued)
 }

@@ -87,9 +87,9 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
             config,
             listen,
             state,
-        } => serve::serve(&config, &listen, &state).await,
-        Command::Check { config, events } => check::check(&config, &events),
-        Command::Render { event, config } => check::render(&event, &config),
+        } => serve::serve(config, &listen, &state).await,
+        Command::Check { config, events } => check::check(config, &events),
+        Command::Render { event, config } => check::render(&event, config),
         Command::Deliveries {
             status,
             rule,
@@ -109,7 +109,7 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
                     config,
                     state,
                 },
-        } => birthdays::run(date, &config, &state).await,
+        } => birthdays::run(date, config, &state).await,
         Command::Replay {
             ids,
             all_dead,
@@ -120,7 +120,7 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
             aws,
         } => {
             let stores = deliveries::open_stores(&state, aws).await?;
-            deliveries::replay(ids, all_dead, rule, since, &config, &stores).await
+            deliveries::replay(ids, all_dead, rule, since, config, &state, &stores).await
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `relay serve`: the HTTP API and the delivery workers on an embedded SQLite store.
 
-use crate::config::load_config;
+use crate::config::locate_and_load;
 use crate::{internal, user, Failure};
 use anyhow::{anyhow, Context as _};
 use relay_shared::adapters::env_credentials::{secret_env_name, StaticCredentials};
@@ -10,18 +10,19 @@ use relay_shared::ports::clock::SystemClock;
 use relay_shared::ports::Credentials;
 use relay_shared::rules::config::Config;
 use relay_shared::runner::{start, RunnerOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs the relay until SIGINT or SIGTERM, then finishes the work in flight.
 pub(crate) async fn serve(
-    config_path: &Path,
+    config: Option<PathBuf>,
     listen: &str,
     state: &Path,
 ) -> Result<ExitCode, Failure> {
-    let config = Arc::new(load_config(config_path)?);
+    let (config_path, config) = locate_and_load(config, state)?;
+    let config = Arc::new(config);
     let (credentials, dry_run) = credentials(&config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -51,6 +52,7 @@ pub(crate) async fn serve(
         rules = config.rules.len(),
         smartemailing = %config.smartemailing.base_url,
         state = %state.display(),
+        config = %config_path.display(),
         "relay listening"
     );
     wait_for_signal().await;
