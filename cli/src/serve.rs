@@ -23,6 +23,7 @@ pub(crate) async fn serve(
 ) -> Result<ExitCode, Failure> {
     let (config_path, config) = locate_and_load(config, state)?;
     let config = Arc::new(config);
+    let stop = stop_signal();
     let (credentials, dry_run) = credentials(&config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -55,7 +56,7 @@ pub(crate) async fn serve(
         config = %config_path.display(),
         "relay listening"
     );
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("stopping: no new requests; finishing the work in flight");
     relay.shutdown().await;
     tracing::info!("stopped");
@@ -85,15 +86,22 @@ async fn credentials(config: &Config) -> Result<(Arc<StaticCredentials>, bool), 
     Ok((credentials, dry_run))
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when
+/// it is first awaited: a signal that comes while the relay starts (say, right after its
+/// first `/health` answer) then stops it cleanly instead of killing it.
+#[cfg(unix)]
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = signal(SignalKind::terminate()).and_then(|term| {
+        let int = signal(SignalKind::interrupt())?;
+        Ok((term, int))
+    });
+    async move {
+        match handlers {
+            Ok((mut term, mut int)) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
+                    _ = int.recv() => {}
                 }
             }
             Err(_) => {
@@ -101,8 +109,12 @@ async fn wait_for_signal() {
             }
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
