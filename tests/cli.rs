@@ -498,3 +498,37 @@ async fn replaying_an_unknown_id_names_it_exits_1_and_replays_nothing() {
     sigterm(&child);
     assert_eq!(output_within_patience(child).status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_state_exits_1_naming_the_directory_and_the_running_pid() {
+    let (dir, config) = welcome_config();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let first = serve(&config, &state, port, None);
+    wait_healthy(&url).await;
+
+    let second = output_within_patience(serve(&config, &state, free_port(), None));
+    assert_eq!(second.status.code(), Some(1));
+    let err = text(&second.stderr);
+    assert!(err.contains(state.to_str().unwrap()), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(
+        err.contains(&format!("listening on 127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    // The readers stay allowed beside a running relay.
+    let out = relay(&["deliveries", "--state", state.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // The lock goes with the process: a relay started after it stops runs.
+    sigterm(&first);
+    assert_eq!(output_within_patience(first).status.code(), Some(0));
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let third = serve(&config, &state, port, None);
+    wait_healthy(&url).await;
+    sigterm(&third);
+    assert_eq!(output_within_patience(third).status.code(), Some(0));
+}

@@ -5,6 +5,7 @@ use crate::{internal, user, Failure};
 use anyhow::{anyhow, Context as _};
 use relay_shared::adapters::env_credentials::{secret_env_name, StaticCredentials};
 use relay_shared::adapters::reqwest::ReqwestTransport;
+use relay_shared::adapters::state_lock::{StateLock, StateLockError};
 use relay_shared::api::router::DEFAULT_BODY_LIMIT;
 use relay_shared::ports::clock::SystemClock;
 use relay_shared::ports::Credentials;
@@ -25,6 +26,8 @@ pub(crate) async fn serve(
     let config = Arc::new(config);
     let stop = stop_signal();
     let (credentials, dry_run) = credentials(&config).await?;
+    // Held until the process ends: a second `serve` on this state is refused.
+    let mut lock = lock_state(state, listen)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))
@@ -45,6 +48,10 @@ pub(crate) async fn serve(
     )
     .await
     .map_err(internal)?;
+    // Only the note is lost if this fails (the lock holds), so it is no reason to stop.
+    if let Err(e) = lock.record(&format!("listening on {}", relay.addr)) {
+        tracing::warn!(error = %e, "cannot note the address in the state lock");
+    }
     if dry_run {
         tracing::warn!("DRY RUN: SMARTEMAILING_USERNAME and SMARTEMAILING_API_KEY are not set, so nothing will be sent; deliveries are rendered and recorded as dry_run");
     }
@@ -84,6 +91,18 @@ async fn credentials(config: &Config) -> Result<(Arc<StaticCredentials>, bool), 
         }
     }
     Ok((credentials, dry_run))
+}
+
+/// The exclusive lock on the state directory; another relay holding it is the user's to
+/// resolve, so it exits 1 naming the directory and that relay's pid.
+fn lock_state(state: &Path, listen: &str) -> Result<StateLock, Failure> {
+    StateLock::acquire(state, &format!("listening on {listen}")).map_err(|e| match e {
+        StateLockError::Held { dir, holder } => user(anyhow!(
+            "another `relay serve` runs on the state directory {} ({holder}): stop it, or give this one its own --state (two relays on one state would send the same deliveries twice)",
+            dir.display()
+        )),
+        e @ StateLockError::Io { .. } => internal(e),
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when
