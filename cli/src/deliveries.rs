@@ -140,7 +140,7 @@ pub(crate) async fn deliveries(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The most ids handed to the store in one call (DynamoDB's batch read takes 100).
+/// How many ids are read or replayed per store call (and per progress line).
 const CHUNK: usize = 100;
 
 /// Replays the named deliveries and/or every dead one, in chunks. An id that names no
