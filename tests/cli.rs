@@ -5,17 +5,22 @@ mod support;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 use support::*;
 
-fn relay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(args)
-        .env_remove("SMARTEMAILING_USERNAME")
+/// `relay` with none of the environment that would change what it does.
+fn relay_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
+    cmd.env_remove("SMARTEMAILING_USERNAME")
         .env_remove("SMARTEMAILING_API_KEY")
         .env_remove("SMARTEMAILING_API_URL")
-        .output()
-        .expect("relay runs")
+        .env_remove("RELAY_CONFIG");
+    cmd
+}
+
+fn relay(args: &[&str]) -> Output {
+    relay_command().args(args).output().expect("relay runs")
 }
 
 fn text(o: &[u8]) -> String {
@@ -153,6 +158,7 @@ fn serve(
         .env("RELAY_API_KEYS", API_KEY)
         .env_remove("SMARTEMAILING_USERNAME")
         .env_remove("SMARTEMAILING_API_KEY")
+        .env_remove("RELAY_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -188,6 +194,19 @@ async fn wait_status(url: &str, id: &str, want: &str) {
     }
 }
 
+/// Posts a `contact.created` event (answered 202) and waits for its delivery to be `status`.
+async fn post_and_wait(url: &str, id: &str, email: &str, status: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(API_KEY)
+        .json(&event(id, "contact.created", email))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    wait_status(url, id, status).await;
+}
+
 fn sigterm(child: &std::process::Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -199,29 +218,14 @@ fn sigterm(child: &std::process::Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
     let se = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("relay.yaml");
-    std::fs::write(
-        &config,
-        config_yaml("https://unused.example.com/api/v3", "  - name: welcome\n    on: [contact.created]\n    actions:\n      - trigger_event: {name: welcome}\n"),
-    )
-    .unwrap();
+    let (dir, config) = welcome_config();
     let state = dir.path().join("state");
     se.set_default_fault(Some(Fault::error(422, "Emailaddress rejected for now")));
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let child = serve(&config, &state, port, Some(&se));
     wait_healthy(&url).await;
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{url}/v1/events"))
-        .bearer_auth(API_KEY)
-        .json(&event("cli-1", "contact.created", "jan@example.com"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    wait_status(&url, "cli-1", "dead").await;
+    post_and_wait(&url, "cli-1", "jan@example.com", "dead").await;
 
     // SIGTERM stops it cleanly, and it says so.
     sigterm(&child);
@@ -291,4 +295,219 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
     let line: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(line["event_id"], "cli-1");
     assert_eq!(line["attempts"], 1);
+}
+
+/// Asserts that a run exited 1 with `want` in its stderr, showing the stderr if not.
+#[track_caller]
+fn exited_1_saying(out: &Output, want: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(want), "expected {want:?} in: {err}");
+}
+
+#[test]
+fn help_describes_the_command_and_lists_every_delivery_status() {
+    let help = text(&relay(&["--help"]).stdout);
+    assert!(
+        help.starts_with("Relay CDP and e-shop events to SmartEmailing: serve"),
+        "{help}"
+    );
+    assert!(!help.contains("end-to-end tests"), "{help}");
+    let help = text(&relay(&["deliveries", "--help"]).stdout);
+    let statuses = [
+        "pending",
+        "scheduled",
+        "retrying",
+        "sent",
+        "dry_run",
+        "skipped",
+        "dead",
+        "cancelled",
+    ];
+    for status in statuses {
+        assert!(help.contains(status), "{status}: {help}");
+    }
+    // The statuses the old help left out are accepted: the command gets as far as the store.
+    for status in ["scheduled", "cancelled"] {
+        let out = relay(&[
+            "deliveries",
+            "--status",
+            status,
+            "--state",
+            "/nonexistent/state",
+        ]);
+        exited_1_saying(&out, "no relay state");
+    }
+    exited_1_saying(&relay(&["deliveries", "--status", "bogus"]), "cancelled");
+}
+
+#[test]
+fn a_bare_port_for_listen_is_refused_with_the_address_to_write() {
+    for given in ["8080", ":8080"] {
+        let out = relay_command()
+            .args(["serve", "--listen", given])
+            .env("RELAY_API_KEYS", API_KEY)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{given}");
+        let err = text(&out.stderr);
+        assert!(err.contains("write 127.0.0.1:8080"), "{given}: {err}");
+    }
+}
+
+#[test]
+fn the_config_comes_from_relay_config_or_the_state_directory_and_a_miss_names_every_place() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = repo.join("config/relay.yaml");
+    let events = repo.join("events");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |env: Option<&Path>| {
+        let mut cmd = relay_command();
+        cmd.current_dir(dir.path())
+            .arg("check")
+            .arg("--events")
+            .arg(&events);
+        if let Some(path) = env {
+            cmd.env("RELAY_CONFIG", path);
+        }
+        cmd.output().unwrap()
+    };
+
+    let out = check(None);
+    for place in ["config/relay.yaml", ".relay/relay.yaml", "RELAY_CONFIG"] {
+        exited_1_saying(&out, place);
+    }
+
+    let out = check(Some(&example));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(&format!("{}: ", example.display())),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // `relay.yaml` in the state directory: found there, so the run gets as far as the store.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::copy(&example, state.join("relay.yaml")).unwrap();
+    let out = relay_command()
+        .current_dir(dir.path())
+        .args(["birthdays", "run", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    exited_1_saying(&out, "no relay state");
+
+    // Commands without --state look in the default one.
+    std::fs::create_dir(dir.path().join(".relay")).unwrap();
+    std::fs::copy(&example, dir.path().join(".relay/relay.yaml")).unwrap();
+    let out = check(None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with(".relay/relay.yaml: "));
+}
+
+/// A relay's output once it has exited; kills it and fails if it is still running after
+/// PATIENCE (a `serve` that should have refused to start would otherwise hang the test).
+fn output_within_patience(child: std::process::Child) -> Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("relay (pid {pid}) still running after {PATIENCE:?}");
+        }
+    }
+}
+
+/// A config with one rule, `welcome`, in a new temporary directory.
+fn welcome_config() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.yaml");
+    std::fs::write(
+        &config,
+        config_yaml("https://unused.example.com/api/v3", "  - name: welcome\n    on: [contact.created]\n    actions:\n      - trigger_event: {name: welcome}\n"),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+/// A dry-run `relay serve` on `state`, answering: the process, its port and its URL.
+async fn serving(config: &Path, state: &Path) -> (std::process::Child, u16, String) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let child = serve(config, state, port, None);
+    wait_healthy(&url).await;
+    (child, port, url)
+}
+
+/// SIGTERM, and the relay exits 0.
+fn stop_cleanly(child: std::process::Child) {
+    sigterm(&child);
+    assert_eq!(output_within_patience(child).status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_an_unknown_id_names_it_exits_1_and_replays_nothing() {
+    let (dir, config) = welcome_config();
+    let state = dir.path().join("state");
+    let (child, _, url) = serving(&config, &state).await;
+    post_and_wait(&url, "cli-2", "eva@example.com", "dry_run").await;
+
+    let (cfg, st) = (config.to_str().unwrap(), state.to_str().unwrap());
+    let out = relay(&["deliveries", "--json", "--state", st]);
+    let known: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let known = known["id"].as_str().unwrap().to_string();
+
+    let out = relay(&["replay", "dlv_unknown", "--config", cfg, "--state", st]);
+    exited_1_saying(&out, "no delivery has the id dlv_unknown");
+    assert_eq!(text(&out.stdout), "", "nothing is reported queued");
+
+    // One unknown id among known ones: all are named, the known one is not replayed.
+    let out = relay(&[
+        "replay", &known, "dlv_a", "dlv_b", "--config", cfg, "--state", st,
+    ]);
+    exited_1_saying(
+        &out,
+        "no delivery has the ids dlv_a, dlv_b, so nothing was replayed",
+    );
+    assert!(
+        !text(&out.stderr).contains("looked at"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+
+    stop_cleanly(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_state_exits_1_naming_the_directory_and_the_running_pid() {
+    let (dir, config) = welcome_config();
+    let state = dir.path().join("state");
+    let (first, port, _) = serving(&config, &state).await;
+
+    let second = output_within_patience(serve(&config, &state, free_port(), None));
+    assert_eq!(second.status.code(), Some(1));
+    let err = text(&second.stderr);
+    assert!(err.contains(state.to_str().unwrap()), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(
+        err.contains(&format!("listening on 127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    // The readers stay allowed beside a running relay.
+    let out = relay(&["deliveries", "--state", state.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // The lock goes with the process: a relay started after it stops runs.
+    stop_cleanly(first);
+    let (third, _, _) = serving(&config, &state).await;
+    stop_cleanly(third);
 }

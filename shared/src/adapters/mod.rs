@@ -7,3 +7,5 @@ pub mod env_credentials;
 pub mod reqwest;
 #[cfg(feature = "local")]
 pub mod sqlite;
+#[cfg(feature = "local")]
+pub mod state_lock;

@@ -1,0 +1,240 @@
+//! `relay deliveries` (list) and `relay replay` (send again with the original ids), on the
+//! local SQLite state or, with `--aws` (a build with feature `aws`), on the deployed relay.
+
+use crate::config::locate_and_load;
+use crate::{internal, user, Failure};
+use anyhow::anyhow;
+use chrono::{DateTime, Utc};
+use relay_shared::adapters::sqlite::SqliteStore;
+use relay_shared::domain::delivery::{DeliveryId, DeliveryStatus};
+use relay_shared::pipeline::dispatch::replay as replay_deliveries;
+use relay_shared::ports::clock::{Clock, SystemClock};
+use relay_shared::ports::{DeliveryFilter, DeliveryStore, EventStore, Queue};
+use relay_shared::rules::config::Config;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// `--since`: an RFC 3339 time, or a duration ago; in Unix ms.
+fn parse_since(since: Option<String>) -> Result<Option<i64>, Failure> {
+    let Some(s) = since else { return Ok(None) };
+    if let Ok(t) = DateTime::parse_from_rfc3339(&s) {
+        return Ok(Some(t.timestamp_millis()));
+    }
+    match humantime::parse_duration(&s) {
+        Ok(d) => Ok(Some(Utc::now().timestamp_millis() - d.as_millis() as i64)),
+        Err(_) => Err(user(anyhow!(
+            "--since: `{s}` is neither an RFC 3339 time nor a duration like 2h"
+        ))),
+    }
+}
+
+/// The local SQLite state; a missing one is the user's mistake (no `serve` ran there yet).
+pub(crate) fn open_store(state: &Path) -> Result<SqliteStore, Failure> {
+    if !state.join("relay.db").exists() {
+        return Err(user(anyhow!(
+            "no relay state in {} (run `relay serve` first, or pass --state)",
+            state.display()
+        )));
+    }
+    SqliteStore::open(state, Arc::new(SystemClock)).map_err(internal)
+}
+
+/// The stores a command works on: the local SQLite state, or the deployed relay's.
+pub(crate) struct Stores {
+    events: Arc<dyn EventStore>,
+    deliveries: Arc<dyn DeliveryStore>,
+    queue: Arc<dyn Queue>,
+}
+
+/// The local state, or with `aws` the deployed relay's table and queues.
+pub(crate) async fn open_stores(state: &Path, aws: bool) -> Result<Stores, Failure> {
+    if aws {
+        return open_aws_stores().await;
+    }
+    let store = Arc::new(open_store(state)?);
+    Ok(Stores {
+        events: store.clone(),
+        deliveries: store.clone(),
+        queue: store,
+    })
+}
+
+#[cfg(feature = "aws")]
+async fn open_aws_stores() -> Result<Stores, Failure> {
+    use relay_shared::adapters::aws::{sdk_config, AwsAdapters, AwsSettings};
+    // The secret is not needed here; only the table and the queues are.
+    let settings = AwsSettings::from_lookup(|k| match k {
+        "SECRET_ID" => Some(std::env::var(k).unwrap_or_else(|_| "unused".into())),
+        _ => std::env::var(k).ok(),
+    })
+    .map_err(|e| {
+        user(anyhow!(
+            "{e}: export it from the stack's outputs (see docs/aws.md)"
+        ))
+    })?;
+    let sdk = sdk_config().await;
+    let adapters = AwsAdapters::new(&sdk, &settings, Arc::new(SystemClock));
+    Ok(Stores {
+        events: adapters.store.clone(),
+        deliveries: adapters.store,
+        queue: adapters.queue,
+    })
+}
+
+#[cfg(not(feature = "aws"))]
+async fn open_aws_stores() -> Result<Stores, Failure> {
+    Err(user(anyhow!(
+        "this relay was built without AWS support: run it as `cargo run --features aws -- <command> --aws`"
+    )))
+}
+
+/// Lists the deliveries matching the filters, as a table or as JSON lines.
+pub(crate) async fn deliveries(
+    status: Option<DeliveryStatus>,
+    rule: Option<String>,
+    since: Option<String>,
+    limit: usize,
+    json: bool,
+    stores: &Stores,
+) -> Result<ExitCode, Failure> {
+    let filter = DeliveryFilter {
+        status,
+        rule,
+        since_ms: parse_since(since)?,
+        limit,
+    };
+    let list = stores.deliveries.list(&filter).await.map_err(internal)?;
+    if json {
+        for d in &list {
+            let mut v = d.to_api();
+            v["event_id"] = serde_json::json!(d.event_id);
+            v["last_response"] = serde_json::json!(d.last_response);
+            println!("{v}");
+        }
+    } else {
+        println!(
+            "{:<28} {:<9} {:>3}  {:<20} {:<24} {:<24} LAST ERROR",
+            "ID", "STATUS", "TRY", "RULE", "ACTION", "EVENT"
+        );
+        for d in &list {
+            println!(
+                "{:<28} {:<9} {:>3}  {:<20} {:<24} {:<24} {}",
+                d.id,
+                d.status.as_str(),
+                d.attempts,
+                d.rule,
+                d.action,
+                d.event_id,
+                d.last_error.as_deref().unwrap_or("")
+            );
+            if filter.status == Some(DeliveryStatus::Dead) {
+                if let Some(resp) = &d.last_response {
+                    println!("{:<28} last response: {resp}", "");
+                }
+            }
+        }
+        eprintln!("{} deliveries", list.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How many ids are read or replayed per store call (and per progress line).
+const CHUNK: usize = 100;
+
+/// Replays the named deliveries and/or every dead one, in chunks. An id that names no
+/// delivery is a mistake (a typo, another state): nothing is replayed and it exits 1.
+pub(crate) async fn replay(
+    ids: Vec<String>,
+    all_dead: bool,
+    rule: Option<String>,
+    since: Option<String>,
+    config: Option<PathBuf>,
+    state: &Path,
+    stores: &Stores,
+) -> Result<ExitCode, Failure> {
+    if ids.is_empty() && !all_dead {
+        return Err(user(anyhow!(
+            "name delivery ids to replay, or pass --all-dead"
+        )));
+    }
+    let (_, config) = locate_and_load(config, state)?;
+    let mut targets: Vec<DeliveryId> = ids.into_iter().map(DeliveryId::from_stored).collect();
+    refuse_unknown(&targets, stores).await?;
+    if all_dead {
+        let filter = DeliveryFilter {
+            status: Some(DeliveryStatus::Dead),
+            rule,
+            since_ms: parse_since(since)?,
+            limit: 0,
+        };
+        targets.extend(
+            stores
+                .deliveries
+                .list(&filter)
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|d| d.id),
+        );
+    }
+    let total = targets.len();
+    let queued = replay_in_chunks(&config, &targets, stores).await?;
+    println!("{queued} of {total} deliveries queued for sending (already-sent ones are never resent); a running `relay serve` picks them up");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fails, naming them, when some of the ids name no delivery.
+async fn refuse_unknown(ids: &[DeliveryId], stores: &Stores) -> Result<(), Failure> {
+    let mut known = HashSet::new();
+    for chunk in ids.chunks(CHUNK) {
+        let found = stores.deliveries.get_many(chunk).await.map_err(internal)?;
+        known.extend(found.into_iter().map(|d| d.id));
+    }
+    let unknown: Vec<&str> = ids
+        .iter()
+        .filter(|id| !known.contains(*id))
+        .map(DeliveryId::as_str)
+        .collect();
+    match unknown.as_slice() {
+        [] => Ok(()),
+        [one] => Err(user(anyhow!(
+            "no delivery has the id {one}, so nothing was replayed (`relay deliveries` lists them)"
+        ))),
+        many => Err(user(anyhow!(
+            "no delivery has the ids {}, so nothing was replayed (`relay deliveries` lists them)",
+            many.join(", ")
+        ))),
+    }
+}
+
+/// Replays the targets a chunk at a time, reporting progress on stderr; how many were queued.
+async fn replay_in_chunks(
+    config: &Config,
+    targets: &[DeliveryId],
+    stores: &Stores,
+) -> Result<usize, Failure> {
+    let total = targets.len();
+    let mut queued = 0usize;
+    for (i, chunk) in targets.chunks(CHUNK).enumerate() {
+        let done = replay_deliveries(
+            config,
+            stores.events.as_ref(),
+            stores.deliveries.as_ref(),
+            stores.queue.as_ref(),
+            chunk,
+            SystemClock.now(),
+        )
+        .await
+        .map_err(internal)?;
+        queued += done.len();
+        eprintln!(
+            "replay: {}/{} looked at, {} queued",
+            (i * CHUNK + chunk.len()).min(total),
+            total,
+            queued
+        );
+    }
+    Ok(queued)
+}
