@@ -29,6 +29,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
     check_webhook_hosts(&rules, &raw.outbound, &mut problems);
     check_signature_names(&raw.inbound.signatures, &mut problems);
     let schedules = compile_schedules(&raw.schedules, &mut problems);
+    super::service::check(&raw.server, &raw.retention, &mut problems);
 
     if !problems.is_empty() {
         return Err(problems);
@@ -43,6 +44,8 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
             events: raw.inbound.signatures.events,
             smartemailing: raw.inbound.signatures.smartemailing,
         },
+        server: raw.server,
+        retention: raw.retention,
         rules,
         templates,
         secret_names,

@@ -7,6 +7,7 @@
 mod compile;
 mod model;
 mod raw;
+mod service;
 mod settings;
 
 pub use crate::rules::actions::{
@@ -15,6 +16,7 @@ pub use crate::rules::actions::{
 };
 pub use crate::security::outbound::OutboundPolicy;
 pub use model::{InboundSignatures, Rule, Schedules, ThenStep, TypePattern, Unless};
+pub use service::{RetentionSettings, ServerSettings};
 pub use settings::{BreakerSettings, DeliverySettings, SmartEmailingSettings};
 
 use crate::rules::template::TemplateSet;
@@ -45,6 +47,10 @@ pub struct Config {
     pub outbound: OutboundPolicy,
     /// Signed inbound routes.
     pub signatures: InboundSignatures,
+    /// The bounds of `relay serve`'s HTTP server.
+    pub server: ServerSettings,
+    /// How long records are kept.
+    pub retention: RetentionSettings,
     /// The rules, in file order.
     pub rules: Vec<Rule>,
     /// Every template, compiled.

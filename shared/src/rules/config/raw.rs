@@ -22,6 +22,10 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) inbound: RawInbound,
     #[serde(default)]
+    pub(super) server: super::ServerSettings,
+    #[serde(default)]
+    pub(super) retention: super::RetentionSettings,
+    #[serde(default)]
     pub(super) rules: Vec<RawRule>,
 }
 
