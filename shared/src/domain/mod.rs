@@ -5,6 +5,7 @@ pub mod delivery;
 pub mod duration;
 pub mod event;
 pub mod idempotency;
+pub mod retention;
 pub mod secret;
 pub mod smartemailing;
 pub mod smartemailing_webhook;
