@@ -310,12 +310,14 @@ impl DeliveryRecord {
     }
 }
 
+/// Deliveries for the tests of the modules that handle them.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn pending() -> DeliveryRecord {
-        let event = EventId::parse("evt-1").unwrap();
+    /// A pending delivery of action 0 of rule `welcome` for `event`, with no request yet.
+    pub(crate) fn pending(event: &str) -> DeliveryRecord {
+        let event = EventId::parse(event).unwrap_or_else(|e| panic!("{e}"));
         DeliveryRecord {
             id: DeliveryId::derive(&event, "welcome", 0),
             event_id: event,
@@ -324,7 +326,7 @@ mod tests {
             action_index: 0,
             status: DeliveryStatus::Pending,
             attempts: 0,
-            last_error: Some("an earlier failure".into()),
+            last_error: None,
             last_response: None,
             sent_at: None,
             next_attempt_at: None,
@@ -332,6 +334,17 @@ mod tests {
             created_at: 0,
             chain_depth: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> DeliveryRecord {
+        let mut d = fixtures::pending("evt-1");
+        d.last_error = Some("an earlier failure".into());
+        d
     }
 
     fn at(ms: i64) -> DateTime<Utc> {

@@ -123,9 +123,14 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
+    /// One retry, 10 s later; 30 s when the target is overloaded.
+    fn ten_seconds_once() -> RetryPolicy {
+        RetryPolicy::new(vec![Duration::from_secs(10)], Duration::from_secs(30))
+    }
+
     #[test]
     fn the_schedule_once_spent_gives_no_delay_and_draws_no_jitter() {
-        let policy = RetryPolicy::new(vec![Duration::from_secs(10)], Duration::from_secs(30));
+        let policy = ten_seconds_once();
         assert_eq!(
             policy.next_delay(1, None, false, || 0.0),
             Some(Duration::from_secs(10))
@@ -138,7 +143,7 @@ mod tests {
 
     #[test]
     fn an_overloaded_target_is_left_alone_for_at_least_the_floor() {
-        let policy = RetryPolicy::new(vec![Duration::from_secs(10)], Duration::from_secs(30));
+        let policy = ten_seconds_once();
         assert_eq!(
             policy.next_delay(1, None, true, || 0.0),
             Some(Duration::from_secs(30))

@@ -230,6 +230,22 @@ impl Dispatcher {
         }
     }
 
+    /// Puts messages back in the dispatch queue for their delays. A failure is logged, not
+    /// returned: the queue shows them again after the pass's visibility timeout anyway.
+    async fn requeue(&self, items: &[(Message, Duration)], what: &str) {
+        if items.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .ctx
+            .queue
+            .requeue_many(QueueName::Dispatch, items)
+            .await
+        {
+            tracing::error!(error = %e, "could not {what}; the queue will redeliver them");
+        }
+    }
+
     /// A number in `range` from the pass's generator (seeded in tests).
     fn draw<T, R>(&self, range: R, otherwise: T) -> T
     where

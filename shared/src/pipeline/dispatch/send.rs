@@ -5,7 +5,7 @@
 
 use super::{DispatchReport, Dispatcher};
 use crate::domain::delivery::{AuthRef, DeliveryRecord, Outcome, Prepared};
-use crate::domain::secret::basic_header;
+use crate::domain::secret::{basic_header, SeCredentials};
 use crate::domain::smartemailing::Endpoint;
 use crate::policy::classify::{classify, Target, Verdict};
 use crate::ports::HttpRequest;
@@ -82,33 +82,7 @@ impl Dispatcher {
                 }
                 Some(Prepared::SmartEmailing {
                     endpoint, group, ..
-                }) => {
-                    let items = chunk
-                        .iter()
-                        .filter_map(|r| match &r.request {
-                            Some(Prepared::SmartEmailing { item, .. }) => Some(item.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    let outcome = self
-                        .call_smartemailing(*endpoint, group, items, report)
-                        .await;
-                    let one_bad_item = matches!(
-                        outcome,
-                        Outcome::Permanent {
-                            status: Some(422),
-                            ..
-                        }
-                    );
-                    if one_bad_item && chunk.len() > 1 {
-                        // One bad item must not sink the rest: split and try the halves.
-                        let (a, b) = chunk.split_at(chunk.len() / 2);
-                        let mut out = self.send(a, report).await;
-                        out.extend(self.send(b, report).await);
-                        return out;
-                    }
-                    outcome
-                }
+                }) => return self.send_bulk(chunk, *endpoint, group, report).await,
                 Some(Prepared::Http {
                     method,
                     url,
@@ -131,8 +105,43 @@ impl Dispatcher {
         })
     }
 
-    /// One SmartEmailing bulk call. A 401 reloads the credentials and tries once more; a
-    /// second 401 gives the deliveries up.
+    /// One SmartEmailing bulk call carrying the chunk's items. A 422 on a chunk of several
+    /// is split in halves and each tried alone, so one bad item does not sink the rest.
+    async fn send_bulk(
+        &self,
+        chunk: &[&DeliveryRecord],
+        endpoint: Endpoint,
+        group: &Value,
+        report: &mut DispatchReport,
+    ) -> Vec<Outcome> {
+        let items = chunk
+            .iter()
+            .filter_map(|r| match &r.request {
+                Some(Prepared::SmartEmailing { item, .. }) => Some(item.clone()),
+                _ => None,
+            })
+            .collect();
+        let outcome = self
+            .call_smartemailing(endpoint, group, items, report)
+            .await;
+        let one_bad_item = matches!(
+            outcome,
+            Outcome::Permanent {
+                status: Some(422),
+                ..
+            }
+        );
+        if one_bad_item && chunk.len() > 1 {
+            let (a, b) = chunk.split_at(chunk.len() / 2);
+            let mut out = self.send(a, report).await;
+            out.extend(self.send(b, report).await);
+            return out;
+        }
+        vec![outcome; chunk.len()]
+    }
+
+    /// One SmartEmailing call. A 401 reloads the credentials and tries once more; a second
+    /// 401 gives the deliveries up.
     async fn call_smartemailing(
         &self,
         endpoint: Endpoint,
@@ -151,22 +160,7 @@ impl Dispatcher {
                 Ok(None) => return retry("SmartEmailing credentials are not configured"),
                 Err(e) => return retry(e.to_string()),
             };
-            let request = HttpRequest {
-                method: "POST".into(),
-                url: format!(
-                    "{}{}",
-                    self.ctx.config.smartemailing.base_url,
-                    endpoint.path()
-                ),
-                headers: vec![
-                    ("Content-Type".into(), "application/json".into()),
-                    ("Accept".into(), "application/json".into()),
-                    ("Authorization".into(), creds.basic_header()),
-                ],
-                body: Some(body.clone()),
-                timeout: self.ctx.config.delivery.timeout.get(),
-                pinned: None,
-            };
+            let request = self.smartemailing_request(endpoint, &creds, body.clone());
             let verdict = self
                 .call(
                     SMARTEMAILING,
@@ -191,6 +185,31 @@ impl Dispatcher {
                     refreshed = true;
                 }
             }
+        }
+    }
+
+    /// A SmartEmailing API request with its JSON body and Basic credentials.
+    fn smartemailing_request(
+        &self,
+        endpoint: Endpoint,
+        creds: &SeCredentials,
+        body: Vec<u8>,
+    ) -> HttpRequest {
+        HttpRequest {
+            method: "POST".into(),
+            url: format!(
+                "{}{}",
+                self.ctx.config.smartemailing.base_url,
+                endpoint.path()
+            ),
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                ("Accept".into(), "application/json".into()),
+                ("Authorization".into(), creds.basic_header()),
+            ],
+            body: Some(body),
+            timeout: self.ctx.config.delivery.timeout.get(),
+            pinned: None,
         }
     }
 

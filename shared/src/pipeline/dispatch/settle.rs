@@ -5,7 +5,7 @@
 use super::chain::ChainFrom;
 use super::{DispatchError, DispatchReport, Dispatcher, Pass, Work};
 use crate::domain::delivery::{DeliveryRecord, DeliveryStatus, Outcome};
-use crate::ports::queue::{Message, QueueName};
+use crate::ports::queue::Message;
 use std::time::Duration;
 
 /// Counts a settled delivery in the report and logs what became of it.
@@ -82,16 +82,7 @@ impl Dispatcher {
             .iter()
             .filter_map(|(w, r)| r.map(|d| (w.message.clone(), d)))
             .collect();
-        if !retries.is_empty() {
-            if let Err(e) = self
-                .ctx
-                .queue
-                .requeue_many(QueueName::Dispatch, &retries)
-                .await
-            {
-                tracing::error!(error = %e, "could not schedule retries; the queue will redeliver");
-            }
-        }
+        self.requeue(&retries, "schedule retries").await;
         for (w, retry_in) in settled {
             if retry_in.is_some() {
                 pass.report.retried_handles.push(w.message.handle);

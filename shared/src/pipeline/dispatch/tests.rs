@@ -3,8 +3,8 @@
 use super::*;
 use crate::adapters::env_credentials::StaticCredentials;
 use crate::adapters::sqlite::SqliteStore;
+use crate::domain::delivery::fixtures::pending;
 use crate::domain::delivery::{DeliveryStatus, Prepared};
-use crate::domain::event::EventId;
 use crate::domain::secret::{SeCredentials, Secret, SecretBundle};
 use crate::domain::smartemailing::Endpoint;
 use crate::ports::clock::ManualClock;
@@ -103,27 +103,17 @@ fn bench_opening_after(open_after: u32, answers: &[u16], smartemailing: bool) ->
 }
 
 fn delivery(n: usize, status: DeliveryStatus, due: Option<i64>) -> DeliveryRecord {
-    let event = EventId::parse(&format!("evt-{n}")).unwrap();
-    DeliveryRecord {
-        id: DeliveryId::derive(&event, "welcome", 0),
-        event_id: event,
-        rule: "welcome".into(),
-        action: "trigger_event".into(),
-        action_index: 0,
-        status,
-        attempts: u32::from(status == DeliveryStatus::Retrying),
-        last_error: None,
-        last_response: None,
-        sent_at: None,
-        next_attempt_at: due,
-        request: Some(Prepared::SmartEmailing {
-            endpoint: Endpoint::TriggerEvent,
-            group: json!({}),
-            item: json!({"emailaddress": format!("c{n}@example.com"), "name": "welcome"}),
-        }),
-        created_at: NOW_MS,
-        chain_depth: 0,
-    }
+    let mut r = pending(&format!("evt-{n}"));
+    r.status = status;
+    r.attempts = u32::from(status == DeliveryStatus::Retrying);
+    r.next_attempt_at = due;
+    r.request = Some(Prepared::SmartEmailing {
+        endpoint: Endpoint::TriggerEvent,
+        group: json!({}),
+        item: json!({"emailaddress": format!("c{n}@example.com"), "name": "welcome"}),
+    });
+    r.created_at = NOW_MS;
+    r
 }
 
 impl Bench {
@@ -149,6 +139,11 @@ impl Bench {
             .unwrap()
     }
 
+    /// One pass of `d` over a batch of these deliveries.
+    async fn pass(&self, d: &Dispatcher, records: &[DeliveryRecord]) -> DispatchReport {
+        d.handle(self.batch(records).await).await.unwrap()
+    }
+
     async fn status(&self, record: &DeliveryRecord) -> DeliveryRecord {
         let mut got = self
             .store
@@ -171,7 +166,7 @@ async fn deliveries_of_one_endpoint_share_one_call_and_a_repeat_is_not_sent_agai
         delivery(1, DeliveryStatus::Pending, None),
         delivery(2, DeliveryStatus::Pending, None),
     );
-    let report = d.handle(b.batch(&[one.clone(), two]).await).await.unwrap();
+    let report = b.pass(&d, &[one.clone(), two]).await;
     assert_eq!((report.sent, report.calls), (2, 1));
     assert_eq!(b.status(&one).await.status, DeliveryStatus::Sent);
     // The same delivery again: dropped as a duplicate, never a second call.
@@ -218,10 +213,7 @@ async fn a_bulk_call_refused_for_one_bad_item_is_split_and_the_good_half_sent() 
         delivery(1, DeliveryStatus::Pending, None),
         delivery(2, DeliveryStatus::Pending, None),
     );
-    let report = d
-        .handle(b.batch(&[good.clone(), bad.clone()]).await)
-        .await
-        .unwrap();
+    let report = b.pass(&d, &[good.clone(), bad.clone()]).await;
     assert_eq!((report.sent, report.dead, report.calls), (1, 1, 3));
     assert_eq!(report.dead_ids, vec![bad.id.clone()]);
     assert_eq!(b.status(&good).await.status, DeliveryStatus::Sent);
@@ -234,10 +226,7 @@ async fn an_early_retry_is_dropped_locally_and_held_where_the_queue_caps_delays(
     let b = bench(&[], true);
     let local = Dispatcher::from_context(b.ctx.clone(), Some(1));
     let early = delivery(1, DeliveryStatus::Retrying, Some(due));
-    let report = local
-        .handle(b.batch(std::slice::from_ref(&early)).await)
-        .await
-        .unwrap();
+    let report = b.pass(&local, std::slice::from_ref(&early)).await;
     assert_eq!((report.duplicates, report.waiting, report.calls), (1, 0, 0));
 
     let b = bench(&[], true);
@@ -256,10 +245,7 @@ async fn without_smartemailing_credentials_the_batch_is_recorded_as_dry_run() {
     let b = bench(&[], false);
     let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
     let one = delivery(1, DeliveryStatus::Pending, None);
-    let report = d
-        .handle(b.batch(std::slice::from_ref(&one)).await)
-        .await
-        .unwrap();
+    let report = b.pass(&d, std::slice::from_ref(&one)).await;
     assert_eq!((report.dry_run, report.calls), (1, 0));
     let stored = b.status(&one).await;
     assert_eq!(
@@ -285,14 +271,9 @@ async fn an_open_circuit_holds_the_rest_without_spending_attempts() {
     let b = bench_opening_after(1, &[503], true);
     let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
     let first = delivery(1, DeliveryStatus::Pending, None);
-    d.handle(b.batch(std::slice::from_ref(&first)).await)
-        .await
-        .unwrap();
+    b.pass(&d, std::slice::from_ref(&first)).await;
     let second = delivery(2, DeliveryStatus::Pending, None);
-    let report = d
-        .handle(b.batch(std::slice::from_ref(&second)).await)
-        .await
-        .unwrap();
+    let report = b.pass(&d, std::slice::from_ref(&second)).await;
     assert_eq!((report.waiting, report.calls), (1, 0));
     let stored = b.status(&second).await;
     assert_eq!(

@@ -9,7 +9,7 @@ use super::send::target_of;
 use super::{DispatchError, Dispatcher, Pass, Work};
 use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::policy::breaker::Gate;
-use crate::ports::queue::{DispatchJob, Message, QueueName};
+use crate::ports::queue::{DispatchJob, Message};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -222,8 +222,8 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Hides messages again for their delays. A failure is logged: the queue shows them
-    /// again after the pass's visibility timeout, and triage holds them once more.
+    /// Hides messages again for their delays, without spending an attempt; if the queue
+    /// fails, they are seen again after the pass's visibility timeout and held once more.
     async fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
         if held.is_empty() {
             return;
@@ -232,40 +232,21 @@ impl Dispatcher {
         pass.report
             .retried_handles
             .extend(held.iter().map(|(m, _)| m.handle.clone()));
-        if let Err(e) = self
-            .ctx
-            .queue
-            .requeue_many(QueueName::Dispatch, &held)
-            .await
-        {
-            tracing::error!(error = %e, "could not hold deliveries back; the queue will redeliver them");
-        }
+        self.requeue(&held, "hold deliveries back").await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::event::EventId;
+    use crate::domain::delivery::fixtures::pending;
 
     fn record(status: DeliveryStatus, due: Option<i64>) -> DeliveryRecord {
-        let event = EventId::parse("evt-1").unwrap();
-        DeliveryRecord {
-            id: DeliveryId::derive(&event, "r", 0),
-            event_id: event,
-            rule: "r".into(),
-            action: "webhook".into(),
-            action_index: 0,
-            status,
-            attempts: 1,
-            last_error: None,
-            last_response: None,
-            sent_at: None,
-            next_attempt_at: due,
-            request: None,
-            created_at: 0,
-            chain_depth: 0,
-        }
+        let mut r = pending("evt-1");
+        r.status = status;
+        r.attempts = 1;
+        r.next_attempt_at = due;
+        r
     }
 
     #[test]
