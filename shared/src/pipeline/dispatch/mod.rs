@@ -11,11 +11,8 @@ mod triage;
 #[cfg(all(test, feature = "local"))]
 mod tests;
 
-pub use crate::domain::delivery::Outcome;
 /// Kept here so `relay replay` and the tests find it where they always did.
 pub use crate::pipeline::replay::replay;
-pub use crate::policy::classify::{classify, Target, Verdict};
-pub use crate::policy::retry::{parse_retry_after, retry_delay};
 pub use send::target_of;
 pub use triage::QueueDelays;
 

@@ -1,8 +1,8 @@
 //! Triage: which messages of a batch are sent, dropped or held. Unreadable messages and
 //! unknown deliveries are dropped; finished deliveries are dropped (their chains are
-//! re-checked); a message read before its delivery is due is held or dropped as one rule
-//! says (`early`); the rest are grouped by bulk call. The breaker gates, call by call, how
-//! much of a group goes.
+//! re-checked); a message read before its delivery is due is held or dropped by one rule
+//! (`triage`, after `QueueDelays`); the rest are grouped by bulk call. The breaker gates,
+//! call by call, how much of a group goes.
 
 use super::chain::ChainFrom;
 use super::send::target_of;
