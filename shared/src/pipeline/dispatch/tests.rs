@@ -66,10 +66,14 @@ struct Bench {
 }
 
 fn bench(answers: &[u16], smartemailing: bool) -> Bench {
-    bench_opening_after(10, answers, smartemailing)
+    bench_with(10, "[]", answers, smartemailing)
 }
 
 fn bench_opening_after(open_after: u32, answers: &[u16], smartemailing: bool) -> Bench {
+    bench_with(open_after, "[]", answers, smartemailing)
+}
+
+fn bench_with(open_after: u32, rules: &str, answers: &[u16], smartemailing: bool) -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_ms(NOW_MS));
     let store = Arc::new(SqliteStore::open(dir.path(), clock.clone()).unwrap());
@@ -83,7 +87,7 @@ fn bench_opening_after(open_after: u32, answers: &[u16], smartemailing: bool) ->
         ..SecretBundle::default()
     };
     let yaml = format!(
-        "smartemailing:\n  base_url: http://se.test\ndelivery:\n  retry_schedule: [10s, 60s]\n  breaker: {{open_after: {open_after}, probe_after: 30s}}\nrules: []\n"
+        "smartemailing:\n  base_url: http://se.test\ndelivery:\n  retry_schedule: [10s, 60s]\n  breaker: {{open_after: {open_after}, probe_after: 30s}}\nrules: {rules}\n"
     );
     let ctx = DispatchContext {
         config: Arc::new(Config::parse(&yaml, "test").unwrap()),
@@ -281,4 +285,43 @@ async fn an_open_circuit_holds_the_rest_without_spending_attempts() {
         (DeliveryStatus::Pending, 0)
     );
     assert!(stored.next_attempt_at.unwrap() > NOW_MS);
+}
+
+/// The rule `welcome` (one action), chained to `welcome-2`.
+const CHAINED: &str = "\n  - name: welcome\n    on: [contact.created]\n    actions:\n      - trigger_event: {name: welcome}\n    then: [welcome-2]\n  - name: welcome-2\n    actions:\n      - trigger_event: {name: welcome-2}";
+
+#[tokio::test]
+async fn a_sent_delivery_whose_rule_is_done_enqueues_its_then_step() {
+    let b = bench_with(10, CHAINED, &[], true);
+    let event = crate::domain::event::parse_event(
+        &json!({"id": "evt-1", "type": "contact.created", "contact": {"email": "c1@example.com"}}),
+        "",
+        b.ctx.clock.now(),
+    )
+    .unwrap();
+    let record = crate::domain::idempotency::EventRecord {
+        id: event.id.clone(),
+        kind: "contact.created".into(),
+        payload_hash: String::new(),
+        event: serde_json::to_value(&event).unwrap(),
+        received_at: NOW_MS,
+        status: crate::domain::idempotency::RecordStatus::Completed,
+        in_progress_until: NOW_MS,
+        expires_at: NOW_MS / 1000 + 3600,
+    };
+    b.store.begin(&record, NOW_MS).await.unwrap();
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
+    let report = b
+        .pass(&d, &[delivery(1, DeliveryStatus::Pending, None)])
+        .await;
+    assert_eq!(report.sent, 1);
+    let jobs = b
+        .store
+        .receive(QueueName::Render, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    let job: crate::ports::queue::RenderJob = serde_json::from_str(&jobs[0].body).unwrap();
+    assert_eq!(job.rules, Some(vec!["welcome-2".to_string()]));
+    assert_eq!(job.depth, 1);
 }
