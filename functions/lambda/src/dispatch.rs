@@ -3,42 +3,41 @@
 //! next attempt (ChangeMessageVisibility) and reported as a batch item failure, so SQS keeps
 //! it; a dead one goes to the dispatch dead-letter queue with the reason.
 
+use crate::context::{Aws, Context, Ports};
 use crate::render::message;
-use crate::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use relay_shared::adapters::aws::{DeadLetter, DynamoStore, SqsQueue};
 use relay_shared::domain::delivery::{DeliveryId, DeliveryStatus};
 use relay_shared::pipeline::dispatch::Dispatcher;
 use relay_shared::ports::queue::{DispatchJob, Message, QueueName};
-use relay_shared::ports::{DeliveryStore, Queue, Transport};
+use relay_shared::ports::{DeadLetter, DeadLetters, DeliveryStore, Queue, Transport};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The dispatch handler, built once per container.
-pub struct DispatchHandler {
+pub struct DispatchHandler<P: Ports = Aws> {
     dispatcher: Dispatcher,
-    store: Arc<DynamoStore>,
-    queue: Arc<SqsQueue>,
-    ctx: Context,
+    store: Arc<P::Store>,
+    queue: Arc<P::Queue>,
+    ctx: Context<P>,
 }
 
-impl DispatchHandler {
-    /// Wires the dispatcher to the AWS adapters and an HTTP transport.
-    pub fn new(ctx: &Context, transport: Arc<dyn Transport>, seed: Option<u64>) -> Self {
+impl<P: Ports> DispatchHandler<P> {
+    /// Wires the dispatcher to a function's adapters and an HTTP transport.
+    pub fn new(ctx: &Context<P>, transport: Arc<dyn Transport>, seed: Option<u64>) -> Self {
         Self {
             dispatcher: Dispatcher::new(
                 ctx.config.clone(),
-                ctx.aws.store.clone(),
-                ctx.aws.store.clone(),
-                ctx.aws.queue.clone(),
-                ctx.aws.credentials.clone(),
+                ctx.ports.store.clone(),
+                ctx.ports.store.clone(),
+                ctx.ports.queue.clone(),
+                ctx.ports.credentials.clone(),
                 transport,
                 ctx.clock.clone(),
                 seed,
             ),
-            store: ctx.aws.store.clone(),
-            queue: ctx.aws.queue.clone(),
+            store: ctx.ports.store.clone(),
+            queue: ctx.ports.queue.clone(),
             ctx: ctx.clone(),
         }
     }
