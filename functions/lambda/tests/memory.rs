@@ -21,27 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::ServiceExt;
 
-const RULES: &str = r#"
-smartemailing:
-  base_url: http://127.0.0.1:9/api/v3
-delivery:
-  timeout: 2s
-  retry_schedule: [1s, 1s]
-  batch_window: 10ms
-rules:
-  - name: welcome
-    on: [contact.created]
-    actions:
-      - trigger_event:
-          name: welcome
-          payload:
-            first_name: "{{ contact.first_name | default(value='') }}"
-  - name: broken
-    on: [contact.created]
-    actions:
-      - trigger_event:
-          name: "{{ data.no_such_field.deeper }}"
-"#;
+const RULES: &str = include_str!("fixture-rules.yaml");
 
 /// The fixtures' time: 2026-11-26 10:00:01 UTC, a second after their events occurred.
 const FIXTURE_MS: i64 = 1_795_687_201_000;
