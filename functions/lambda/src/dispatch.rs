@@ -3,34 +3,33 @@
 //! next attempt (ChangeMessageVisibility) and reported as a batch item failure, so SQS keeps
 //! it; a dead one goes to the dispatch dead-letter queue with the reason.
 
+use crate::context::{Aws, Context, Ports};
 use crate::render::message;
-use crate::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use relay_shared::adapters::aws::{DeadLetter, DynamoStore, SqsQueue};
 use relay_shared::domain::delivery::DeliveryId;
 use relay_shared::pipeline::dispatch::{Dispatcher, QueueDelays};
 use relay_shared::ports::queue::{Message, QueueName};
-use relay_shared::ports::{DeliveryStore, Transport};
+use relay_shared::ports::{DeadLetter, DeadLetters, DeliveryStore, Transport};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The dispatch handler, built once per container.
-pub struct DispatchHandler {
+pub struct DispatchHandler<P: Ports = Aws> {
     dispatcher: Dispatcher,
-    store: Arc<DynamoStore>,
-    queue: Arc<SqsQueue>,
+    store: Arc<P::Store>,
+    queue: Arc<P::Queue>,
 }
 
-impl DispatchHandler {
-    /// Wires the dispatcher to the AWS adapters and an HTTP transport.
-    pub fn new(ctx: &Context, transport: Arc<dyn Transport>, seed: Option<u64>) -> Self {
+impl<P: Ports> DispatchHandler<P> {
+    /// Wires the dispatcher to a function's adapters and an HTTP transport.
+    pub fn new(ctx: &Context<P>, transport: Arc<dyn Transport>, seed: Option<u64>) -> Self {
         Self {
             dispatcher: Dispatcher::new(
                 ctx.config.clone(),
-                ctx.aws.store.clone(),
-                ctx.aws.store.clone(),
-                ctx.aws.queue.clone(),
-                ctx.aws.credentials.clone(),
+                ctx.ports.store.clone(),
+                ctx.ports.store.clone(),
+                ctx.ports.queue.clone(),
+                ctx.ports.credentials.clone(),
                 transport,
                 ctx.clock.clone(),
                 seed,
@@ -38,8 +37,8 @@ impl DispatchHandler {
             // SQS hides a message for 12 hours at most, so a retry due later comes back
             // early: it is the scheduled message itself, and the core holds it again.
             .with_queue_delays(QueueDelays::Capped),
-            store: ctx.aws.store.clone(),
-            queue: ctx.aws.queue.clone(),
+            store: ctx.ports.store.clone(),
+            queue: ctx.ports.queue.clone(),
         }
     }
 

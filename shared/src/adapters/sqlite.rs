@@ -246,10 +246,13 @@ impl SqliteStore {
     /// window has passed.
     pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
         let now = self.clock.now_ms();
-        let mut report = SweepReport::default();
-        report.deliveries = self.sweep_batches(SWEEP_DELIVERIES, now).await?;
-        report.events = self.sweep_batches(SWEEP_EVENTS, now / 1000).await?;
-        report.timers = self.sweep_batches(SWEEP_TIMERS, now).await?;
+        // In this order: events wait for their deliveries, timers for theirs.
+        let deliveries = self.sweep_batches(SWEEP_DELIVERIES, now).await?;
+        let report = SweepReport {
+            deliveries,
+            events: self.sweep_batches(SWEEP_EVENTS, now / 1000).await?,
+            timers: self.sweep_batches(SWEEP_TIMERS, now).await?,
+        };
         // Each step frees at most VACUUM_PAGES; stop when nothing is left or a step frees
         // nothing (a file whose mode could not be changed).
         let mut left = i64::MAX;

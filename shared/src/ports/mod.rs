@@ -3,12 +3,14 @@
 
 pub mod clock;
 pub mod credentials;
+pub mod dead_letters;
 pub mod queue;
 pub mod store;
 pub mod transport;
 
 pub use clock::Clock;
 pub use credentials::{Credentials, SecretError};
+pub use dead_letters::{DeadLetter, DeadLetters};
 pub use queue::{Queue, QueueError};
 pub use store::{
     AtomicAccept, ContactStore, DeliveryFilter, DeliveryStore, EventStore, StoreError, TimerStore,

@@ -52,6 +52,9 @@ impl Credentials for Broken {
     async fn api_keys(&self) -> Result<Vec<Secret>, SecretError> {
         Ok(Vec::new())
     }
+    async fn webhook_tokens(&self) -> Result<Vec<Secret>, SecretError> {
+        Ok(Vec::new())
+    }
     async fn secret(&self, _name: &str) -> Result<Option<Secret>, SecretError> {
         Ok(None)
     }
