@@ -4,5 +4,6 @@
 
 pub mod actions;
 pub mod config;
+pub mod references;
 pub mod render;
 pub mod template;

@@ -7,6 +7,7 @@ use super::settings::SmartEmailingSettings;
 use super::Config;
 use crate::domain::event::EventType;
 use crate::rules::actions::{self, Action, ActionBody, WebhookRequest};
+use crate::rules::references;
 use crate::rules::template::{Piece, TemplateSet};
 use crate::security::outbound::{self, OutboundPolicy};
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
         .enumerate()
         .map(|(i, r)| compile_rule(&mut templates, &mut by_name, i, r, &mut problems))
         .collect();
-    check_chains(&rules, &by_name, &mut problems);
+    check_chains(&rules, &by_name, &raw.unreadable_rules, &mut problems);
     check_webhook_hosts(&rules, &raw.outbound, &mut problems);
     check_signature_names(&raw.inbound.signatures, &mut problems);
     let schedules = compile_schedules(&raw.schedules, &mut problems);
@@ -191,6 +192,8 @@ fn compile_unless(label: &str, r: &RawRule, u: &RawUnless, problems: &mut Vec<St
             "{label}.unless.match: `{}` must be a dotted path into the event such as data.cart_id or contact.email",
             u.match_path
         ));
+    } else if let Err(m) = references::check_path(&u.match_path) {
+        problems.push(format!("{label}.unless.match: {m}"));
     }
     if r.after.is_none() {
         problems.push(format!(
@@ -203,12 +206,18 @@ fn compile_unless(label: &str, r: &RawRule, u: &RawUnless, problems: &mut Vec<St
     }
 }
 
-/// Every `then` names a rule, and no chain comes back to where it started.
-fn check_chains(rules: &[Rule], by_name: &HashMap<String, usize>, problems: &mut Vec<String>) {
+/// Every `then` names a rule (one that could not be read counts: its problem is reported),
+/// and no chain comes back to where it started.
+fn check_chains(
+    rules: &[Rule],
+    by_name: &HashMap<String, usize>,
+    unreadable: &[String],
+    problems: &mut Vec<String>,
+) {
     for rule in rules {
         for (j, step) in rule.then.iter().enumerate() {
             let next = &step.rule;
-            if !by_name.contains_key(next) {
+            if !by_name.contains_key(next) && !unreadable.contains(next) {
                 problems.push(format!(
                     "rules[{}].then[{j}]: no rule is named `{next}`",
                     rule.name
