@@ -4,6 +4,7 @@
 //! and then encoded by serde_json, so event data can neither break the JSON nor add fields.
 //! A leaf that is exactly one `{{ expression }}` keeps the JSON type of its value.
 
+use crate::rules::dates::{self, AccountDates};
 use crate::rules::references;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -53,6 +54,7 @@ pub enum Node {
 pub struct TemplateSet {
     tera: Tera,
     count: usize,
+    dates: AccountDates,
 }
 
 impl std::fmt::Debug for TemplateSet {
@@ -80,8 +82,14 @@ const FORBIDDEN: &[(&str, &str)] = &[
 ];
 
 impl TemplateSet {
-    /// An empty set with Tera's environment access removed.
+    /// An empty set with Tera's environment access removed, for an account in the default
+    /// time zone.
     pub fn new() -> Self {
+        Self::with_dates(AccountDates::default())
+    }
+
+    /// An empty set whose `se_datetime` filter and date fields use the account's `dates`.
+    pub fn with_dates(dates: AccountDates) -> Self {
         let mut tera = Tera::default();
         // Tera ships `get_env`, which in Lambda would hand out the AWS credentials.
         tera.functions.remove("get_env");
@@ -93,8 +101,19 @@ impl TemplateSet {
         tera.register_function("range", bounded_range);
         // Deterministic codes (reward codes, pseudonymous ids) without reaching outside.
         tera.register_filter("sha256", sha256_filter);
+        // SmartEmailing's date format for the dates the relay does not know are dates.
+        tera.register_filter("se_datetime", dates::filter(dates.zone));
         tera.autoescape_on(vec![]);
-        Self { tera, count: 0 }
+        Self {
+            tera,
+            count: 0,
+            dates,
+        }
+    }
+
+    /// How dates go to the account.
+    pub fn dates(&self) -> &AccountDates {
+        &self.dates
     }
 
     /// Compiles `source` (what the user `wrote`, maybe wrapped by us) and checks what it reads.

@@ -7,6 +7,7 @@ use super::settings::SmartEmailingSettings;
 use super::Config;
 use crate::domain::event::EventType;
 use crate::rules::actions::{self, Action, ActionBody, WebhookRequest};
+use crate::rules::dates::AccountDates;
 use crate::rules::references;
 use crate::rules::template::{Piece, TemplateSet};
 use crate::security::outbound::{self, OutboundPolicy};
@@ -18,7 +19,8 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
     let base = raw.smartemailing.base_url.trim_end_matches('/').to_string();
     check_settings(&raw, &base, &mut problems);
 
-    let mut templates = TemplateSet::new();
+    let dates = account_dates(&raw.smartemailing, &mut problems);
+    let mut templates = TemplateSet::with_dates(dates);
     let mut by_name = HashMap::new();
     let rules: Vec<Rule> = raw
         .rules
@@ -36,7 +38,10 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
     }
     let secret_names = secret_names(&rules, &raw.inbound.signatures);
     Ok(Config {
-        smartemailing: SmartEmailingSettings { base_url: base },
+        smartemailing: SmartEmailingSettings {
+            base_url: base,
+            ..raw.smartemailing
+        },
         delivery: raw.delivery,
         schedules,
         outbound: raw.outbound,
@@ -66,6 +71,27 @@ fn check_settings(raw: &RawConfig, base: &str, problems: &mut Vec<String>) {
     if delivery.breaker.open_after == 0 {
         problems.push("delivery.breaker.open_after: must be at least 1".into());
     }
+}
+
+/// The account's time zone and date custom fields.
+fn account_dates(se: &SmartEmailingSettings, problems: &mut Vec<String>) -> AccountDates {
+    let mut dates = AccountDates {
+        custom_fields: se.date_custom_fields.clone(),
+        ..AccountDates::default()
+    };
+    match se.time_zone.parse::<chrono_tz::Tz>() {
+        Ok(z) => dates.zone = z,
+        Err(_) => problems.push(format!(
+            "smartemailing.time_zone: `{}` is not an IANA time zone such as Europe/Prague",
+            se.time_zone
+        )),
+    }
+    if let Some(bad) = se.date_custom_fields.iter().find(|id| **id <= 0) {
+        problems.push(format!(
+            "smartemailing.date_custom_fields: `{bad}` is not a custom-field id"
+        ));
+    }
+    dates
 }
 
 /// Compiles rule number `i`, registering its name; its problems are named `rules[name]`.
