@@ -7,7 +7,7 @@ use crate::pipeline::inbound::Inbound;
 use crate::pipeline::render::{RenderPorts, RenderResult, RenderStep};
 use crate::ports::clock::Clock;
 use crate::ports::queue::QueueName;
-use crate::ports::{Credentials, Queue, StoreError, Transport};
+use crate::ports::{Credentials, Queue, StoreError, StoreHealth, Transport};
 use crate::rules::config::Config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,6 +106,7 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         clock: opts.clock.clone(),
         body_limit: opts.body_limit,
         seen_ids: Arc::new(crate::security::signature::MemorySeenIds::default()),
+        store_health: Some(shared.clone()),
     });
     let server = tokio::spawn(serve_api(listener, state, stop_rx.clone()));
 
@@ -308,6 +309,14 @@ async fn birthday_loop(
 }
 
 /// Waits for a wake-up, the poll interval, or the stop signal; false when stopping.
+/// Waits a poll interval (or until stopping); false when stopping.
+async fn pause(stop: &mut watch::Receiver<bool>, poll: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(poll) => true,
+        _ = stop.wait_for(|s| *s) => false,
+    }
+}
+
 async fn idle(wake: &Notify, stop: &mut watch::Receiver<bool>, poll: Duration) -> bool {
     tokio::select! {
         _ = wake.notified() => true,
@@ -339,6 +348,74 @@ async fn top_up(
     }
 }
 
+/// Pauses a worker while the store refuses writes (a full disk): there is nowhere to record
+/// what a pass would do, and a call whose outcome cannot be recorded could be made twice.
+/// Says so once when it pauses and once when it resumes, and probes the store meanwhile.
+struct WriteGate {
+    worker: &'static str,
+    queue: QueueName,
+    paused: bool,
+    /// A pass failed: the messages it held are made visible again before the next one, so
+    /// they need not wait out their visibility timeout.
+    held: bool,
+}
+
+impl WriteGate {
+    fn new(worker: &'static str, queue: QueueName) -> Self {
+        Self {
+            worker,
+            queue,
+            paused: false,
+            held: false,
+        }
+    }
+
+    /// Whether the worker may run a pass now.
+    async fn open(&mut self, store: &SqliteStore) -> bool {
+        if self.paused || store.unwritable().is_some() {
+            if let Err(e) = store.probe_write().await {
+                self.fail(&e.to_string());
+                return false;
+            }
+            if self.paused {
+                tracing::info!(
+                    worker = self.worker,
+                    "the store takes writes again; resuming"
+                );
+            }
+            self.paused = false;
+        }
+        if self.held {
+            match store.release_leases_of(self.queue).await {
+                Ok(_) => self.held = false,
+                Err(e) => {
+                    self.fail(&e.to_string());
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// A pass failed; if the store refuses writes, the worker pauses.
+    fn failed_pass(&mut self, store: &SqliteStore) {
+        self.held = true;
+        if let Some(why) = store.unwritable() {
+            self.fail(&why);
+        }
+    }
+
+    /// Notes a store failure the worker met; logged once per outage.
+    fn fail(&mut self, why: &str) {
+        self.held = true;
+        if !self.paused {
+            tracing::error!(worker = self.worker, reason = %why,
+                "the store refuses writes; pausing (no call is made while nothing can be recorded) until it takes them again");
+        }
+        self.paused = true;
+    }
+}
+
 async fn render_loop(
     step: RenderStep,
     store: SqliteStore,
@@ -346,9 +423,16 @@ async fn render_loop(
     mut stop: watch::Receiver<bool>,
     poll: Duration,
 ) {
+    let mut gate = WriteGate::new("render", QueueName::Render);
     loop {
         if *stop.borrow() {
             return;
+        }
+        if !gate.open(&store).await {
+            if !pause(&mut stop, poll).await {
+                return;
+            }
+            continue;
         }
         let mut msgs = match store
             .receive(QueueName::Render, RENDER_BATCH, Duration::from_secs(60))
@@ -356,8 +440,11 @@ async fn render_loop(
         {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the render queue");
-                Vec::new()
+                gate.fail(&e.to_string());
+                if !pause(&mut stop, poll).await {
+                    return;
+                }
+                continue;
             }
         };
         if msgs.is_empty() {
@@ -388,7 +475,10 @@ async fn render_loop(
                     done.push(m.handle.clone());
                 }
             }
-            Err(e) => tracing::error!(error = %e, "render failed; the jobs will be retried"),
+            Err(e) => {
+                tracing::warn!(error = %e, "render failed; the jobs will be retried");
+                gate.failed_pass(&store);
+            }
         }
         if let Err(e) = store.ack(QueueName::Render, &done).await {
             tracing::warn!(error = %e, "cannot delete rendered jobs; they will be rendered again harmlessly");
@@ -405,9 +495,16 @@ async fn dispatch_loop(
     batch_window: Duration,
 ) {
     let visibility = dispatcher.visibility();
+    let mut gate = WriteGate::new("dispatch", QueueName::Dispatch);
     loop {
         if *stop.borrow() {
             return;
+        }
+        if !gate.open(&store).await {
+            if !pause(&mut stop, poll).await {
+                return;
+            }
+            continue;
         }
         let mut msgs = match store
             .receive(QueueName::Dispatch, DISPATCH_BATCH, visibility)
@@ -415,8 +512,11 @@ async fn dispatch_loop(
         {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the dispatch queue");
-                Vec::new()
+                gate.fail(&e.to_string());
+                if !pause(&mut stop, poll).await {
+                    return;
+                }
+                continue;
             }
         };
         if msgs.is_empty() {
@@ -439,7 +539,8 @@ async fn dispatch_loop(
         match dispatcher.handle(msgs).await {
             Ok(report) => tracing::debug!(?report, "dispatch pass"),
             Err(e) => {
-                tracing::error!(error = %e, "dispatch pass failed; its messages will be retried")
+                tracing::warn!(error = %e, "dispatch pass failed; its messages will be retried");
+                gate.failed_pass(&store);
             }
         }
     }

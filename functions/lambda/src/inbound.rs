@@ -25,6 +25,8 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         clock: ctx.clock.clone(),
         body_limit: DEFAULT_BODY_LIMIT,
         seen_ids: std::sync::Arc::new(relay_shared::security::signature::MemorySeenIds::default()),
+        // DynamoDB is watched by its own alarms; the router has no local store to report.
+        store_health: None,
     };
     api_router(Arc::new(state))
 }

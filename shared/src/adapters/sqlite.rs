@@ -94,6 +94,8 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
     /// The store thread, started on first use; it ends when the last clone is dropped.
     ops: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<StoreOp>>>,
+    /// Why the store thread's last commit failed, while commits fail.
+    write_failure: Arc<Mutex<Option<String>>>,
 }
 
 /// One write for the store thread: it runs the op inside the shared transaction and gives
@@ -229,6 +231,7 @@ impl SqliteStore {
             retention: Retention::default(),
             path: state_dir.join("relay.db"),
             ops: Arc::new(std::sync::OnceLock::new()),
+            write_failure: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -335,9 +338,10 @@ impl SqliteStore {
         let ops = self.ops.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel::<StoreOp>();
             let conn = self.conn.clone();
+            let failure = self.write_failure.clone();
             std::thread::Builder::new()
                 .name("relay-store".into())
-                .spawn(move || store_thread(conn, rx))
+                .spawn(move || store_thread(conn, rx, failure))
                 .ok();
             tx
         });
@@ -364,6 +368,22 @@ impl SqliteStore {
                 params![now],
             )
             .map_err(unavailable)
+    }
+
+    /// Makes the messages of one queue that a failed pass still holds visible again, so they
+    /// need not wait out their visibility timeout: for the queue's one worker, between its
+    /// passes (after the store refused writes, say).
+    pub async fn release_leases_of(&self, queue: QueueName) -> Result<usize, StoreError> {
+        let now = self.clock.now_ms();
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET leased = 0, visible_at = ?1 WHERE leased = 1 AND queue = ?2",
+                params![now, queue.as_str()],
+            )
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)
     }
 
     /// Lets a retry take over every IN_PROGRESS event claim at once: their holder (the
@@ -434,6 +454,26 @@ impl SqliteStore {
             .map_err(unavailable)
     }
 
+    /// Writes one small row through the store thread: the way back from a failed write
+    /// (its commit, when it succeeds, marks the store writable again).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('write_probe', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![now.to_string()],
+            )
+        })
+        .await
+        .map_err(unavailable)?
+        .map(|_| ())
+        .map_err(|e| {
+            // The write itself failed (its empty commit may still have succeeded).
+            *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            unavailable(e)
+        })
+    }
+
     /// How many messages wait in a queue (visible or not).
     pub fn queue_depth(&self, queue: QueueName) -> Result<usize, StoreError> {
         self.read()
@@ -449,7 +489,14 @@ impl SqliteStore {
 
 /// The store thread: takes every write waiting (up to `GROUP_COMMIT_MAX`), runs them in one
 /// transaction and commits once, then answers each.
-fn store_thread(conn: Arc<Mutex<Connection>>, ops: std::sync::mpsc::Receiver<StoreOp>) {
+fn store_thread(
+    conn: Arc<Mutex<Connection>>,
+    ops: std::sync::mpsc::Receiver<StoreOp>,
+    failure: Arc<Mutex<Option<String>>>,
+) {
+    let set_failure = |why: Option<String>| {
+        *failure.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    };
     while let Ok(first) = ops.recv() {
         let mut group = vec![first];
         while group.len() < GROUP_COMMIT_MAX {
@@ -461,7 +508,8 @@ fn store_thread(conn: Arc<Mutex<Connection>>, ops: std::sync::mpsc::Receiver<Sto
         let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Dropping the ops unrun answers each caller with an error.
-            tracing::error!(error = %e, ops = group.len(), "the store cannot begin a transaction");
+            tracing::debug!(error = %e, ops = group.len(), "the store cannot begin a transaction");
+            set_failure(Some(e.to_string()));
             continue;
         }
         let mut answers = Vec::with_capacity(group.len());
@@ -474,11 +522,14 @@ fn store_thread(conn: Arc<Mutex<Connection>>, ops: std::sync::mpsc::Receiver<Sto
                 answers.push(answer);
             }
         }
+        // Logged by the workers, once per outage (they pause while it lasts), not here
+        // once per commit.
         let committed = conn.execute_batch("COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
-            tracing::error!(error = %e, "the store could not commit");
+            tracing::debug!(error = %e, "the store could not commit");
             format!("the store could not commit: {e}")
         });
+        set_failure(committed.as_ref().err().cloned());
         drop(conn);
         for answer in answers {
             answer(committed.clone());
@@ -673,6 +724,15 @@ impl EventStore for SqliteStore {
         )
         .optional()
         .map_err(unavailable)
+    }
+}
+
+impl crate::ports::StoreHealth for SqliteStore {
+    fn unwritable(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

@@ -8,7 +8,7 @@ use crate::domain::secret::key_matches;
 use crate::domain::smartemailing_webhook::event_from_webhook;
 use crate::pipeline::inbound::{Accepted, Inbound};
 use crate::ports::clock::Clock;
-use crate::ports::{Credentials, DeliveryStore, EventStore};
+use crate::ports::{Credentials, DeliveryStore, EventStore, StoreHealth};
 use crate::rules::config::Config;
 use crate::rules::render::{preview_request, render_event, NotRendered};
 use crate::security::signature::SeenIds;
@@ -45,6 +45,9 @@ pub struct AppState {
     pub body_limit: usize,
     /// Ids of signed calls already taken (replays are refused).
     pub seen_ids: Arc<dyn SeenIds>,
+    /// Whether the store takes writes, for `/health` (`None` where the platform watches
+    /// the store itself, as on AWS).
+    pub store_health: Option<Arc<dyn StoreHealth>>,
 }
 
 /// Builds the router.
@@ -59,7 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         // SmartEmailing registers only a URL: the token in it is the credential.
         .route(
             "/v1/webhooks/smartemailing/{token}",
@@ -75,6 +78,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// `200 {"status": "ok"}`, or `503` with the reason while the store refuses writes (a full
+/// disk): an orchestrator sees it, and callers' events would be refused anyway.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.store_health.as_ref().and_then(|h| h.unwritable()) {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "store": format!("the store refuses writes: {why}")})),
+        )
+            .into_response(),
+    }
 }
 
 /// Hands the events to the inbound step and answers with each one's outcome.

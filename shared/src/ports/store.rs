@@ -120,6 +120,13 @@ pub trait TimerStore: Send + Sync {
     ) -> Result<Vec<DeliveryId>, StoreError>;
 }
 
+/// Whether the store takes writes: `/health` reports it, and the workers pause while it
+/// does not (a full disk, a read-only file system).
+pub trait StoreHealth: Send + Sync {
+    /// Why the last write failed, while writes fail; `None` when they work.
+    fn unwritable(&self) -> Option<String>;
+}
+
 /// Contacts' birthdays, for the daily birthday run.
 #[async_trait]
 pub trait ContactStore: Send + Sync {
