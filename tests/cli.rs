@@ -136,14 +136,6 @@ fn serve_refuses_to_start_without_api_keys() {
     assert!(text(&out.stderr).contains("RELAY_API_KEYS"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve(
     config: &Path,
     state: &Path,

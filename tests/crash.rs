@@ -6,7 +6,7 @@ mod support;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 use support::*;
 
@@ -17,29 +17,8 @@ const RULES: &str = r#"
       - trigger_event: {name: welcome, payload: {n: "{{ data.n }}"}}
 "#;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(config: &Path, state: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
-        .arg(state)
-        .env("RELAY_API_KEYS", API_KEY)
-        .env("SMARTEMAILING_USERNAME", SE_USER)
-        .env("SMARTEMAILING_API_KEY", SE_KEY)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("relay starts")
+    spawn_relay(config, state, port, "warn", Stdio::null())
 }
 
 /// A tiny deterministic generator, so a failure can be reproduced.

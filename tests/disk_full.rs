@@ -7,7 +7,7 @@ mod support;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::*;
 
@@ -48,31 +48,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(config: &Path, state: &Path, port: u16, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
-        .arg(state)
-        .env("RELAY_API_KEYS", API_KEY)
-        .env("SMARTEMAILING_USERNAME", SE_USER)
-        .env("SMARTEMAILING_API_KEY", SE_KEY)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("relay starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_loses_nothing_and_sends_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +65,13 @@ async fn a_full_disk_loses_nothing_and_sends_nothing_twice() {
     let log = dir.path().join("relay.log");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut child = spawn(&config, &state, port, &log);
+    let mut child = spawn_relay(
+        &config,
+        &state,
+        port,
+        "info",
+        std::fs::File::create(&log).unwrap().into(),
+    );
     wait_healthy(&url).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -416,6 +416,68 @@ impl WriteGate {
     }
 }
 
+/// How a worker takes its passes from its queue.
+struct Take {
+    queue: QueueName,
+    max: usize,
+    visibility: Duration,
+    window: Duration,
+    poll: Duration,
+}
+
+/// What a worker does next.
+enum Next {
+    /// Stopping.
+    Stop,
+    /// Nothing to do this time (waited already).
+    Again,
+    /// A pass of messages.
+    Batch(Vec<crate::ports::queue::Message>),
+}
+
+/// The next pass of a worker: none while the store refuses writes or the queue is empty
+/// (after waiting), else what is due, topped up for `window`.
+async fn next_batch(
+    store: &SqliteStore,
+    gate: &mut WriteGate,
+    take: &Take,
+    wake: &Notify,
+    stop: &mut watch::Receiver<bool>,
+) -> Next {
+    if *stop.borrow() {
+        return Next::Stop;
+    }
+    let waited = if !gate.open(store).await {
+        pause(stop, take.poll).await
+    } else {
+        match store.receive(take.queue, take.max, take.visibility).await {
+            Ok(mut msgs) if !msgs.is_empty() => {
+                top_up(
+                    store,
+                    take.queue,
+                    &mut msgs,
+                    take.max,
+                    take.visibility,
+                    take.window,
+                    stop,
+                )
+                .await;
+                return Next::Batch(msgs);
+            }
+            Ok(_) => idle(wake, stop, take.poll).await,
+            Err(e) => {
+                gate.fail(&e.to_string());
+                pause(stop, take.poll).await
+            }
+        }
+    };
+    if waited {
+        Next::Again
+    } else {
+        Next::Stop
+    }
+}
+
 async fn render_loop(
     step: RenderStep,
     store: SqliteStore,
@@ -424,47 +486,21 @@ async fn render_loop(
     poll: Duration,
 ) {
     let mut gate = WriteGate::new("render", QueueName::Render);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        if !gate.open(&store).await {
-            if !pause(&mut stop, poll).await {
-                return;
-            }
-            continue;
-        }
-        let mut msgs = match store
-            .receive(QueueName::Render, RENDER_BATCH, Duration::from_secs(60))
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                gate.fail(&e.to_string());
-                if !pause(&mut stop, poll).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if msgs.is_empty() {
-            if !idle(&wake, &mut stop, poll).await {
-                return;
-            }
-            continue;
-        }
+    let take = Take {
+        queue: QueueName::Render,
+        max: RENDER_BATCH,
+        visibility: Duration::from_secs(60),
         // Let a trickle fill the pass: each pass costs the same few writes whether it
         // carries 3 jobs or 100.
-        top_up(
-            &store,
-            QueueName::Render,
-            &mut msgs,
-            RENDER_BATCH,
-            Duration::from_secs(60),
-            RENDER_WINDOW,
-            &mut stop,
-        )
-        .await;
+        window: RENDER_WINDOW,
+        poll,
+    };
+    loop {
+        let msgs = match next_batch(&store, &mut gate, &take, &wake, &mut stop).await {
+            Next::Stop => return,
+            Next::Again => continue,
+            Next::Batch(m) => m,
+        };
         let mut done = Vec::new();
         match step.handle_batch(&msgs).await {
             Ok(results) => {
@@ -494,48 +530,21 @@ async fn dispatch_loop(
     poll: Duration,
     batch_window: Duration,
 ) {
-    let visibility = dispatcher.visibility();
     let mut gate = WriteGate::new("dispatch", QueueName::Dispatch);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        if !gate.open(&store).await {
-            if !pause(&mut stop, poll).await {
-                return;
-            }
-            continue;
-        }
-        let mut msgs = match store
-            .receive(QueueName::Dispatch, DISPATCH_BATCH, visibility)
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                gate.fail(&e.to_string());
-                if !pause(&mut stop, poll).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if msgs.is_empty() {
-            if !idle(&wake, &mut stop, poll).await {
-                return;
-            }
-            continue;
-        }
+    let take = Take {
+        queue: QueueName::Dispatch,
+        max: DISPATCH_BATCH,
+        visibility: dispatcher.visibility(),
         // Give a burst a moment to fill the bulk call.
-        top_up(
-            &store,
-            QueueName::Dispatch,
-            &mut msgs,
-            DISPATCH_BATCH,
-            visibility,
-            batch_window,
-            &mut stop,
-        )
-        .await;
+        window: batch_window,
+        poll,
+    };
+    loop {
+        let msgs = match next_batch(&store, &mut gate, &take, &wake, &mut stop).await {
+            Next::Stop => return,
+            Next::Again => continue,
+            Next::Batch(m) => m,
+        };
         match dispatcher.handle(msgs).await {
             Ok(report) => tracing::debug!(?report, "dispatch pass"),
             Err(e) => {

@@ -259,6 +259,40 @@ pub async fn wait_healthy(url: &str) {
     panic!("relay at {url} did not become healthy");
 }
 
+/// A free loopback port for a relay process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// Starts the real `relay serve` on `port`, with the tests' credentials, logging at `log`
+/// level to `stderr`.
+pub fn spawn_relay(
+    config: &std::path::Path,
+    state: &std::path::Path,
+    port: u16,
+    log: &str,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
+        .arg(state)
+        .env("RELAY_API_KEYS", API_KEY)
+        .env("SMARTEMAILING_USERNAME", SE_USER)
+        .env("SMARTEMAILING_API_KEY", SE_KEY)
+        .env("RUST_LOG", log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("relay starts")
+}
+
 /// A manual clock starting at a fixed instant.
 pub fn fixed_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::at_ms(1_795_000_000_000))
