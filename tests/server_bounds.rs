@@ -339,3 +339,35 @@ async fn a_flood_beyond_max_connections_waits_in_the_backlog_while_the_held_ones
         "said once, not per connection"
     );
 }
+
+#[tokio::test]
+async fn stopping_closes_the_connections_between_requests_at_once_and_finishes_the_one_in_flight() {
+    let r = relay("  header_timeout: 10s\n  idle_timeout: 10s\n  min_body_rate: 1\n").await;
+    let body =
+        serde_json::to_vec(&event("k-1", "contact.created", "jan@example.com")).expect("json");
+    let mut idle = Conn::open(&r).await;
+    idle.send(HEALTH).await;
+    assert_eq!(idle.answer().await.status, 200);
+    let mut half = Conn::open(&r).await;
+    half.send(b"GET /health HTTP/1.1\r\n").await;
+    let mut busy = Conn::open(&r).await;
+    busy.send(&post_head(body.len(), "Expect: 100-continue\r\n"))
+        .await;
+    assert_eq!(busy.answer().await.status, 100);
+    busy.send(&body[..30]).await;
+    let stopping = tokio::spawn(r.stop());
+    // Neither has a request under way: neither waits for its timeout (10 s).
+    idle.closed_within(Duration::from_secs(2)).await;
+    half.closed_within(Duration::from_secs(2)).await;
+    assert!(!stopping.is_finished(), "a request is still in flight");
+    busy.send(&body[30..]).await;
+    assert_eq!(
+        busy.answer().await.status,
+        202,
+        "the request in flight is answered"
+    );
+    timeout(PATIENCE, stopping)
+        .await
+        .expect("stopped in time")
+        .expect("stop");
+}
