@@ -281,10 +281,26 @@ impl Captured {
             .matches(needle)
             .count()
     }
+
+    /// Waits until the log satisfies `holds` (a line is not something to await); panics
+    /// after PATIENCE.
+    async fn eventually(&self, what: &str, holds: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !holds(self) {
+            assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
+/// The log line of a relay holding `max_connections`.
+const FULL: &str = "new ones wait in the listen backlog";
+/// The log line of a relay back at half of `max_connections` or fewer.
+const RECOVERED: &str = "connections are below server.max_connections again";
+
 #[tokio::test]
-async fn a_flood_beyond_max_connections_waits_in_the_backlog_while_the_held_ones_are_served() {
+async fn a_flood_beyond_max_connections_waits_in_the_backlog_while_the_held_ones_are_served_and_is_logged_once(
+) {
     let log = Captured::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -333,11 +349,19 @@ async fn a_flood_beyond_max_connections_waits_in_the_backlog_while_the_held_ones
     {
         assert!(matches!(next, Ok(Ok(200))), "{next:?}");
     }
-    assert_eq!(
-        log.count("new ones wait in the listen backlog"),
-        1,
-        "said once, not per connection"
-    );
+    assert_eq!(log.count(FULL), 1, "said once, not per connection");
+    // Recovered (at most half the connections held): the next flood is news again.
+    log.eventually("the recovery is logged", |n| n.count(RECOVERED) == 1)
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut conn = Conn::open(&r).await;
+        conn.send(HEALTH).await;
+        assert_eq!(conn.answer().await.status, 200);
+        held.push(conn);
+    }
+    log.eventually("the second flood is logged", |n| n.count(FULL) == 2)
+        .await;
 }
 
 #[tokio::test]

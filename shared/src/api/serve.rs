@@ -83,8 +83,8 @@ pub async fn serve(
         )),
     });
     let slots = Arc::new(Semaphore::new(max_connections));
-    let mut saturation = Saturation::new(max_connections);
-    while let Some(slot) = next_slot(&slots, &mut saturation, &mut stop).await {
+    let saturation = Arc::new(Mutex::new(Saturation::new(max_connections)));
+    while let Some(slot) = next_slot(&slots, &saturation, &mut stop).await {
         let Some(stream) = accept(&listener, &mut stop).await else {
             break;
         };
@@ -98,17 +98,42 @@ pub async fn serve(
 /// Waits for a free connection slot, saying once when there is none; `None` when stopping.
 async fn next_slot(
     slots: &Arc<Semaphore>,
-    saturation: &mut Saturation,
+    saturation: &Arc<Mutex<Saturation>>,
     stop: &mut watch::Receiver<bool>,
-) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = slots.clone().try_acquire_owned() {
-        saturation.on_free(slots.available_permits());
-        return Some(slot);
-    }
-    saturation.on_full();
-    tokio::select! {
-        slot = slots.clone().acquire_owned() => slot.ok(),
-        _ = stop.wait_for(|s| *s) => None,
+) -> Option<Slot> {
+    let permit = match slots.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            lock(saturation).on_full();
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.ok()?,
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+        }
+    };
+    Some(Slot {
+        permit,
+        saturation: saturation.clone(),
+    })
+}
+
+/// Locks a mutex whose value stays whole even if a holder panicked (it is only ever
+/// replaced or updated by plain assignments).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A held connection; when it closes, the relay may count as recovered.
+struct Slot {
+    permit: OwnedSemaphorePermit,
+    saturation: Arc<Mutex<Saturation>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // This slot is still counted as taken until the permit goes, just after.
+        let available = self.permit.semaphore().available_permits() + 1;
+        lock(&self.saturation).on_free(available);
     }
 }
 
@@ -172,8 +197,9 @@ impl Saturation {
         true
     }
 
-    /// A slot was free, `available` remain; true when the relay counts as recovered: at
-    /// most half the slots in use, so that churn at the limit does not log every time.
+    /// A connection closed and `available` slots are free; true when the relay counts as
+    /// recovered: at most half the slots in use, so that churn at the limit does not log
+    /// every time.
     fn on_free(&mut self, available: usize) -> bool {
         let held = self.max.saturating_sub(available);
         if !self.full || held > self.max / 2 {
@@ -192,7 +218,7 @@ impl Saturation {
 /// answered; holds its `slot` until then.
 async fn serve_connection(
     stream: TcpStream,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -332,8 +358,7 @@ impl ConnPhase {
     }
 
     fn set(&self, phase: Phase) {
-        // A panic elsewhere cannot leave a phase half-written: it is a plain value.
-        *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
+        *lock(&self.phase) = phase;
     }
 
     /// A request's head was read.
@@ -356,7 +381,7 @@ impl ConnPhase {
 
     /// The rule for a read, after one that did (`heard`) or did not bring bytes.
     fn read_rule(&self, heard: bool) -> ReadRule {
-        let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut phase = lock(&self.phase);
         if heard {
             if let Phase::Idle { until, fresh } = *phase {
                 let until = if fresh {
@@ -629,10 +654,11 @@ mod tests {
         let mut s = Saturation::new(8);
         assert!(s.on_full());
         assert!(!s.on_full());
-        // Churn at the limit: one slot frees and is taken again.
-        assert!(!s.on_free(0));
+        // Churn at the limit: one connection closes and another is taken.
+        assert!(!s.on_free(1));
         assert!(!s.on_full());
         assert!(s.on_free(4));
+        assert!(!s.on_free(5));
         assert!(s.on_full());
     }
 
