@@ -124,6 +124,16 @@ fn post_head(len: usize, extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A relay with these settings, and a connection that has sent the head of a `len`-byte
+/// `POST /v1/events` (at the returned instant) and none of its body.
+async fn posting(server: &str, len: usize) -> (TestRelay, Conn, Instant) {
+    let r = relay(server).await;
+    let mut conn = Conn::open(&r).await;
+    let start = Instant::now();
+    conn.send(&post_head(len, "")).await;
+    (r, conn, start)
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_finish_its_head_within_header_timeout_is_dropped() {
     let r = relay("  header_timeout: 300ms\n").await;
@@ -146,10 +156,8 @@ async fn a_client_that_does_not_finish_its_head_within_header_timeout_is_dropped
 
 #[tokio::test]
 async fn a_body_trickling_below_min_body_rate_is_answered_408_and_the_connection_closed() {
-    let r = relay("  body_timeout: 30s\n  min_body_rate: 1024\n").await;
-    let mut conn = Conn::open(&r).await;
-    let start = Instant::now();
-    conn.send(&post_head(10_000, "")).await;
+    let (_relay, conn, start) =
+        posting("  body_timeout: 30s\n  min_body_rate: 1024\n", 10_000).await;
     let Conn { reader, mut writer } = conn;
     let answer = tokio::spawn(async move {
         let mut reader = reader;
@@ -185,10 +193,7 @@ async fn a_body_trickling_below_min_body_rate_is_answered_408_and_the_connection
 
 #[tokio::test]
 async fn a_body_not_complete_within_body_timeout_is_answered_408() {
-    let r = relay("  body_timeout: 1s\n  min_body_rate: 1\n").await;
-    let mut conn = Conn::open(&r).await;
-    let start = Instant::now();
-    conn.send(&post_head(100, "")).await;
+    let (_relay, mut conn, start) = posting("  body_timeout: 1s\n  min_body_rate: 1\n", 100).await;
     // 50 bytes at 1 B/s would be on time for 51 s; body_timeout is what ends it.
     conn.send(&[b' '; 50]).await;
     let answer = conn.answer().await;
@@ -298,6 +303,18 @@ const FULL: &str = "new ones wait in the listen backlog";
 /// The log line of a relay back at half of `max_connections` or fewer.
 const RECOVERED: &str = "connections are below server.max_connections again";
 
+/// `n` connections, each past one request and kept alive.
+async fn keep_alive(r: &TestRelay, n: usize) -> Vec<Conn> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut conn = Conn::open(r).await;
+        conn.send(HEALTH).await;
+        assert_eq!(conn.answer().await.status, 200);
+        held.push(conn);
+    }
+    held
+}
+
 #[tokio::test]
 async fn a_flood_beyond_max_connections_waits_in_the_backlog_while_the_held_ones_are_served_and_is_logged_once(
 ) {
@@ -309,13 +326,7 @@ async fn a_flood_beyond_max_connections_waits_in_the_backlog_while_the_held_ones
         .finish();
     let _log = tracing::subscriber::set_default(subscriber);
     let r = relay("  max_connections: 8\n  header_timeout: 10s\n  idle_timeout: 10s\n").await;
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        let mut conn = Conn::open(&r).await;
-        conn.send(HEALTH).await;
-        assert_eq!(conn.answer().await.status, 200);
-        held.push(conn);
-    }
+    let mut held = keep_alive(&r, 8).await;
     // Four more: the kernel completes their handshakes, the relay does not take them.
     let mut waiting = tokio::task::JoinSet::new();
     for _ in 0..4 {
@@ -353,13 +364,7 @@ async fn a_flood_beyond_max_connections_waits_in_the_backlog_while_the_held_ones
     // Recovered (at most half the connections held): the next flood is news again.
     log.eventually("the recovery is logged", |n| n.count(RECOVERED) == 1)
         .await;
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        let mut conn = Conn::open(&r).await;
-        conn.send(HEALTH).await;
-        assert_eq!(conn.answer().await.status, 200);
-        held.push(conn);
-    }
+    let _held = keep_alive(&r, 8).await;
     log.eventually("the second flood is logged", |n| n.count(FULL) == 2)
         .await;
 }
