@@ -47,7 +47,7 @@ const FUNCTIONS: [(&str, &[&str]); 4] = [
         "relay-scheduler",
         &[
             "eventbridge-scheduled-event.json",
-            "scheduler-due-timers.json",
+            "scheduler-birthdays.json",
         ],
     ),
 ];

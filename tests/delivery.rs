@@ -53,7 +53,7 @@ fn rich_event(id: &str) -> Value {
                     "phone": "+420720123456", "birthday": "1990-05-17", "language": "cs_CZ",
                     "custom_fields": {"tier": "gold"}},
         "data": {"company": "ACME", "points": 42, "code": "X1", "order_id": "A-17",
-                 "items": [{"id": "SKU-1", "name": "Mug", "price": {"without_vat": 200, "with_vat": 242, "currency": "CZK"}, "quantity": 2}]}
+                 "items": [{"id": "SKU-1", "name": "Mug", "price": {"without_vat": 200, "with_vat": 242, "currency": "CZK"}, "quantity": 2, "url": "https://shop.example.com/p/mug"}]}
     })
 }
 

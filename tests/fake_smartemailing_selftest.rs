@@ -533,6 +533,70 @@ async fn sends_and_orders_are_validated() {
     assert_eq!(fake.items_at("/import-orders").len(), 1);
 }
 
+fn order_with_item() -> Value {
+    json!({"settings": {"skip_invalid_orders": false}, "data": [{
+        "emailaddress": "a@example.com", "eshop_name": "shop", "eshop_code": "A-18", "status": "placed",
+        "created_at": "2026-11-26 11:00:00", "paid_at": null,
+        "items": [{"id": "SKU-1", "name": "Mug", "quantity": 2, "unit": "pieces",
+                   "price": {"without_vat": 200, "with_vat": 242, "currency": "CZK"},
+                   "url": "https://shop.example.com/p/mug"}]}]})
+}
+
+#[tokio::test]
+async fn order_items_need_what_the_clients_require() {
+    let fake = FakeSmartEmailing::start(USER, KEY).await;
+    assert_eq!(
+        post(&fake, "/import-orders", KEY, &order_with_item())
+            .await
+            .0,
+        201
+    );
+    for key in ["id", "name", "price", "quantity", "url"] {
+        let mut body = order_with_item();
+        body["data"][0]["items"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove(key);
+        let (status, answer) = post(&fake, "/import-orders", KEY, &body).await;
+        assert_eq!(status, 422, "an item without {key} should be refused");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(key), "{message:?} should name {key:?}");
+    }
+    let mut empty_url = order_with_item();
+    empty_url["data"][0]["items"][0]["url"] = json!("");
+    assert_eq!(post(&fake, "/import-orders", KEY, &empty_url).await.0, 422);
+    assert_eq!(fake.items_at("/import-orders").len(), 1);
+}
+
+#[tokio::test]
+async fn dates_must_be_what_the_clients_send() {
+    let fake = FakeSmartEmailing::start(USER, KEY).await;
+    for bad in [
+        "2026-11-26T10:00:00Z",
+        "2026-11-26",
+        "",
+        "26.11.2026 10:00:00",
+    ] {
+        let mut order = order_with_item();
+        order["data"][0]["created_at"] = json!(bad);
+        let (status, answer) = post(&fake, "/import-orders", KEY, &order).await;
+        assert_eq!(status, 422, "created_at {bad:?} should be refused");
+        assert!(answer["message"].as_str().unwrap().contains("created_at"));
+
+        let mut import = valid_import();
+        import["data"][0]["purposes"] = json!([{"id": 1, "valid_from": bad}]);
+        let (status, answer) = post(&fake, "/import", KEY, &import).await;
+        assert_eq!(status, 422, "valid_from {bad:?} should be refused");
+        assert!(answer["message"].as_str().unwrap().contains("valid_from"));
+    }
+    let mut empty_nameday = valid_import();
+    empty_nameday["data"][0]["nameday"] = json!("");
+    let (status, answer) = post(&fake, "/import", KEY, &empty_nameday).await;
+    assert_eq!(status, 422);
+    assert!(answer["message"].as_str().unwrap().contains("empty string"));
+    assert!(fake.imported_contacts().is_empty());
+}
+
 #[tokio::test]
 async fn dropping_the_fake_shuts_it_down() {
     let fake = FakeSmartEmailing::start(USER, KEY).await;

@@ -1,6 +1,6 @@
 //! `relay serve`: the HTTP API and the render and dispatch workers in one process, on SQLite.
 
-use crate::adapters::sqlite::SqliteStore;
+use crate::adapters::sqlite::{SqliteStore, SweepReport};
 use crate::api::router::{router, AppState};
 use crate::pipeline::dispatch::Dispatcher;
 use crate::pipeline::inbound::Inbound;
@@ -95,6 +95,7 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
             opts.clock.clone(),
             Some(wake.clone()),
         )
+        .with_event_retention(opts.config.retention.events.get())
     };
     let state = Arc::new(AppState {
         config: opts.config.clone(),
@@ -154,19 +155,33 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
             .max(Duration::from_millis(10))
             .min(Duration::from_secs(1)),
     ));
+    let sweep_worker = tokio::spawn(sweep_loop(
+        store.clone(),
+        opts.clock.clone(),
+        stop.subscribe(),
+        opts.poll_interval
+            .max(Duration::from_millis(10))
+            .min(Duration::from_secs(1)),
+    ));
     Ok(Relay {
         addr,
         store,
         stop,
         server,
-        workers: vec![render_worker, dispatch_worker, birthday_worker],
+        workers: vec![
+            render_worker,
+            dispatch_worker,
+            birthday_worker,
+            sweep_worker,
+        ],
     })
 }
 
 /// Opens the store and takes back what the previous run left: messages it held, and
 /// events it was still accepting.
 fn open_store(opts: &RunnerOptions) -> Result<SqliteStore, StoreError> {
-    let store = SqliteStore::open(&opts.state_dir, opts.clock.clone())?;
+    let store = SqliteStore::open(&opts.state_dir, opts.clock.clone())?
+        .with_retention(opts.config.retention.windows());
     let released = store.release_leases()?;
     let expired = store.expire_claims()?;
     if expired > 0 {
@@ -189,6 +204,49 @@ fn open_store(opts: &RunnerOptions) -> Result<SqliteStore, StoreError> {
 async fn serve_api(listener: TcpListener, state: Arc<AppState>, stop: watch::Receiver<bool>) {
     let settings = state.config.server.clone();
     crate::api::serve::serve(listener, router(state), &settings, stop).await;
+}
+
+/// How often the sweeper deletes what has expired.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes expired records every `SWEEP_EVERY` of clock time (so a fixed clock in tests
+/// drives it), starting with one sweep at start. A failed sweep is logged once until one
+/// succeeds again.
+async fn sweep_loop(
+    store: SqliteStore,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+    tick: Duration,
+) {
+    let mut next = clock.now_ms();
+    let mut failing = false;
+    loop {
+        if clock.now_ms() >= next {
+            next = clock.now_ms() + SWEEP_EVERY.as_millis() as i64;
+            match store.sweep().await {
+                Ok(r) => {
+                    failing = false;
+                    if r != SweepReport::default() {
+                        tracing::info!(
+                            deliveries = r.deliveries,
+                            events = r.events,
+                            timers = r.timers,
+                            "expired records swept"
+                        );
+                    }
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot sweep expired records; will try again");
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// The key under which the date of the last birthday run is kept.

@@ -1135,11 +1135,18 @@ fn is_datetime(s: &str) -> bool {
     (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24 && min < 60 && sec < 60
 }
 
+/// A date as every public client sends it (`Y-m-d H:i:s`), or null; never `""` (no client
+/// sends an empty date string) and never RFC 3339.
 fn datetime_or_null(v: &Value, path: &str) -> Check<()> {
     if v.is_null() {
         return Ok(());
     }
     let s = as_string(v, path)?;
+    if s.is_empty() {
+        return Err(format!(
+            "{path} must be a date in the format YYYY-MM-DD HH:MM:SS, got an empty string"
+        ));
+    }
     if !is_datetime(s) {
         return Err(format!(
             "{path} must be a date in the format YYYY-MM-DD HH:MM:SS, got {s:?}"
@@ -1514,10 +1521,15 @@ const ORDER_ITEM_KEYS: &[&str] = &[
     "description",
     "price",
     "quantity",
+    "unit",
     "url",
     "image_url",
     "attributes",
 ];
+
+/// What both PHP clients require of an order item (keltuo's `OrderItem` constructor, pionl's
+/// fields marked required); pionl also sends `unit`, which is optional here.
+const ORDER_ITEM_REQUIRED: &[&str] = &["id", "name", "price", "quantity", "url"];
 
 fn validate_import_orders(v: &Value) -> Check<()> {
     let top = as_object(v, "")?;
@@ -1556,6 +1568,8 @@ fn validate_order(o: &Value, p: &str, status_required: bool) -> Check<String> {
     } else {
         m.get("status")
     };
+    // The relay sends `cancelled` (rules::actions::CANCELLED, where the evidence is); which
+    // spelling the real server takes is unknown, so the fake takes the relay's choice only.
     if let Some(s) = status {
         let s = as_string(s, &at(p, "status"))?;
         if !matches!(
@@ -1585,6 +1599,13 @@ fn validate_order(o: &Value, p: &str, status_required: bool) -> Check<String> {
             let ep = idx(&ip, j);
             let im = as_object(it, &ep)?;
             only_keys(im, ORDER_ITEM_KEYS, &ep)?;
+            for key in ORDER_ITEM_REQUIRED {
+                required(im, key, &ep)?;
+            }
+            non_empty_string(required(im, "url", &ep)?, &at(&ep, "url"))?;
+            if let Some(unit) = im.get("unit") {
+                non_empty_string(unit, &at(&ep, "unit"))?;
+            }
             let id = required(im, "id", &ep)?;
             if !(id.is_string() || id.is_i64() || id.is_u64()) {
                 return Err(format!(

@@ -1,17 +1,88 @@
 //! What every function builds once per container: the config, the clock and the adapters.
+//! The handlers see the adapters only through the ports (`Ports`): DynamoDB, SQS and Secrets
+//! Manager on AWS (`Aws`), everything in memory in the tests (`Memory`).
 
-use relay_shared::adapters::aws::{AwsAdapters, AwsSettings, SdkConfig};
+use relay_shared::adapters::aws::{
+    AwsAdapters, AwsSettings, DynamoStore, SdkConfig, SecretsManagerCredentials, SqsQueue,
+};
+use relay_shared::adapters::env_credentials::StaticCredentials;
+use relay_shared::adapters::memory::MemoryStore;
+use relay_shared::domain::secret::SecretBundle;
 use relay_shared::ports::clock::{Clock, SystemClock};
+use relay_shared::ports::{
+    ContactStore, Credentials, DeadLetters, DeliveryStore, EventStore, Queue, TimerStore,
+};
 use relay_shared::rules::config::{Config, ConfigError};
 use std::sync::Arc;
 
+/// A family of adapters, named by the types of its store, queue and credentials.
+pub trait Ports: Clone + Send + Sync + 'static {
+    /// Events, deliveries, timers and contacts.
+    type Store: EventStore + DeliveryStore + TimerStore + ContactStore + 'static;
+    /// The render and dispatch queues and their dead letters.
+    type Queue: Queue + DeadLetters + 'static;
+    /// SmartEmailing's credentials, the API keys and the webhook secrets.
+    type Credentials: Credentials + 'static;
+}
+
+/// DynamoDB, SQS and Secrets Manager: what the deployed functions run on.
+#[derive(Debug, Clone, Copy)]
+pub struct Aws;
+
+impl Ports for Aws {
+    type Store = DynamoStore;
+    type Queue = SqsQueue;
+    type Credentials = SecretsManagerCredentials;
+}
+
+/// Every port in memory (`MemoryStore`, `StaticCredentials`): the handlers' tests without AWS.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory;
+
+impl Ports for Memory {
+    type Store = MemoryStore;
+    type Queue = MemoryStore;
+    type Credentials = StaticCredentials;
+}
+
+/// One family's adapters, built once per container.
+pub struct Adapters<P: Ports> {
+    /// Events, deliveries, timers and contacts.
+    pub store: Arc<P::Store>,
+    /// The queues and their dead letters.
+    pub queue: Arc<P::Queue>,
+    /// Credentials and API keys.
+    pub credentials: Arc<P::Credentials>,
+}
+
+// By hand: a derive would ask the adapters themselves to be `Clone`, not just their `Arc`s.
+impl<P: Ports> Clone for Adapters<P> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            credentials: self.credentials.clone(),
+        }
+    }
+}
+
+impl From<AwsAdapters> for Adapters<Aws> {
+    fn from(aws: AwsAdapters) -> Self {
+        Self {
+            store: aws.store,
+            queue: aws.queue,
+            credentials: aws.credentials,
+        }
+    }
+}
+
 /// A function's wiring, built at cold start and shared by every invocation.
 #[derive(Clone)]
-pub struct Context {
+pub struct Context<P: Ports = Aws> {
     /// The bundled config.
     pub config: Arc<Config>,
-    /// DynamoDB, SQS and Secrets Manager.
-    pub aws: AwsAdapters,
+    /// The adapters.
+    pub ports: Adapters<P>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -27,7 +98,18 @@ pub fn load_config(text: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-impl Context {
+impl<P: Ports> Context<P> {
+    /// Wires a config to adapters and a clock.
+    pub fn with_ports(config: Config, ports: Adapters<P>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            config: Arc::new(config),
+            ports,
+            clock,
+        }
+    }
+}
+
+impl Context<Aws> {
     /// Builds everything from the function's environment and the bundled config.
     pub async fn from_env() -> anyhow::Result<Self> {
         let config = load_config(crate::BUNDLED_CONFIG)?;
@@ -43,11 +125,22 @@ impl Context {
         settings: &AwsSettings,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self {
-            config: Arc::new(config),
-            aws: AwsAdapters::new(sdk, settings, clock.clone()),
-            clock,
-        }
+        let aws = AwsAdapters::new(sdk, settings, clock.clone());
+        Self::with_ports(config, aws.into(), clock)
+    }
+}
+
+impl Context<Memory> {
+    /// Everything in memory: one empty store (which is also the queues) on `clock`, and
+    /// `secrets` as the credentials.
+    pub fn in_memory(config: Config, secrets: SecretBundle, clock: Arc<dyn Clock>) -> Self {
+        let store = Arc::new(MemoryStore::new(clock.clone()));
+        let ports = Adapters {
+            store: store.clone(),
+            queue: store,
+            credentials: Arc::new(StaticCredentials::new(secrets)),
+        };
+        Self::with_ports(config, ports, clock)
     }
 }
 

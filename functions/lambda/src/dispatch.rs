@@ -3,43 +3,42 @@
 //! next attempt (ChangeMessageVisibility) and reported as a batch item failure, so SQS keeps
 //! it; a dead one goes to the dispatch dead-letter queue with the reason.
 
+use crate::context::{Aws, Context, Ports};
 use crate::render::message;
-use crate::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use relay_shared::adapters::aws::{DeadLetter, DynamoStore, SqsQueue};
-use relay_shared::domain::delivery::{DeliveryId, DeliveryStatus};
-use relay_shared::pipeline::dispatch::Dispatcher;
-use relay_shared::ports::queue::{DispatchJob, Message, QueueName};
-use relay_shared::ports::{DeliveryStore, Queue, Transport};
+use relay_shared::domain::delivery::DeliveryId;
+use relay_shared::pipeline::dispatch::{Dispatcher, QueueDelays};
+use relay_shared::ports::queue::{Message, QueueName};
+use relay_shared::ports::{DeadLetter, DeadLetters, DeliveryStore, Transport};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The dispatch handler, built once per container.
-pub struct DispatchHandler {
+pub struct DispatchHandler<P: Ports = Aws> {
     dispatcher: Dispatcher,
-    store: Arc<DynamoStore>,
-    queue: Arc<SqsQueue>,
-    ctx: Context,
+    store: Arc<P::Store>,
+    queue: Arc<P::Queue>,
 }
 
-impl DispatchHandler {
-    /// Wires the dispatcher to the AWS adapters and an HTTP transport.
-    pub fn new(ctx: &Context, transport: Arc<dyn Transport>, seed: Option<u64>) -> Self {
+impl<P: Ports> DispatchHandler<P> {
+    /// Wires the dispatcher to a function's adapters and an HTTP transport.
+    pub fn new(ctx: &Context<P>, transport: Arc<dyn Transport>, seed: Option<u64>) -> Self {
         Self {
             dispatcher: Dispatcher::new(
                 ctx.config.clone(),
-                ctx.aws.store.clone(),
-                ctx.aws.store.clone(),
-                ctx.aws.queue.clone(),
-                ctx.aws.credentials.clone(),
+                ctx.ports.store.clone(),
+                ctx.ports.store.clone(),
+                ctx.ports.queue.clone(),
+                ctx.ports.credentials.clone(),
                 transport,
                 ctx.clock.clone(),
                 seed,
-            ),
-            store: ctx.aws.store.clone(),
-            queue: ctx.aws.queue.clone(),
-            ctx: ctx.clone(),
+            )
+            // SQS hides a message for 12 hours at most, so a retry due later comes back
+            // early: it is the scheduled message itself, and the core holds it again.
+            .with_queue_delays(QueueDelays::Capped),
+            store: ctx.ports.store.clone(),
+            queue: ctx.ports.queue.clone(),
         }
     }
 
@@ -57,21 +56,6 @@ impl DispatchHandler {
             );
             messages.push(m);
         }
-        let messages = match self.defer_early(messages).await {
-            Ok((ready, deferred)) => {
-                for h in deferred {
-                    response.add_failure(ids_by_handle.get(&h).cloned().unwrap_or_default());
-                }
-                ready
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read deliveries; SQS will deliver the batch again");
-                for id in ids_by_handle.into_values() {
-                    response.add_failure(id);
-                }
-                return response;
-            }
-        };
         let handles: Vec<String> = messages.iter().map(|m| m.handle.clone()).collect();
         let report = match self.dispatcher.handle(messages).await {
             Ok(r) => r,
@@ -97,56 +81,6 @@ impl DispatchHandler {
         }
         self.dead_letter(&report.dead_ids).await;
         response
-    }
-
-    /// SQS hides a message for 12 hours at most, so a retry due later than that comes back
-    /// early. The core would drop such a copy (the scheduled one being elsewhere in the
-    /// queue); here it is the scheduled one, so it is hidden again until it is due.
-    async fn defer_early(
-        &self,
-        messages: Vec<Message>,
-    ) -> Result<(Vec<Message>, Vec<String>), relay_shared::ports::StoreError> {
-        let ids: Vec<DeliveryId> = messages
-            .iter()
-            .filter_map(|m| serde_json::from_str::<DispatchJob>(&m.body).ok())
-            .map(|j| j.delivery)
-            .collect();
-        let now_ms = self.ctx.clock.now_ms();
-        let due: HashMap<DeliveryId, i64> = self
-            .store
-            .get_many(&ids)
-            .await?
-            .into_iter()
-            .filter(|d| d.status == DeliveryStatus::Retrying)
-            .filter_map(|d| d.next_attempt_at.map(|t| (d.id, t)))
-            .filter(|(_, t)| *t > now_ms + 1000)
-            .collect();
-        if due.is_empty() {
-            return Ok((messages, Vec::new()));
-        }
-        let mut ready = Vec::with_capacity(messages.len());
-        let mut deferred = Vec::new();
-        for m in messages {
-            let at = serde_json::from_str::<DispatchJob>(&m.body)
-                .ok()
-                .and_then(|j| due.get(&j.delivery).copied());
-            match at {
-                Some(at) => {
-                    let wait = Duration::from_millis((at - now_ms).max(0) as u64);
-                    let handle = m.handle.clone();
-                    if let Err(e) = self
-                        .queue
-                        .requeue_many(QueueName::Dispatch, &[(m, wait)])
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot hide an early retry; it will be seen again");
-                    }
-                    deferred.push(handle);
-                }
-                None => ready.push(m),
-            }
-        }
-        Ok((ready, deferred))
     }
 
     /// Sends the deliveries that died in this batch to the dispatch dead-letter queue. Their

@@ -1,6 +1,8 @@
 //! The Lambda side of the relay: the bundled config, the AWS wiring built once per
-//! container, and the four handlers. Each `functions/<name>` binary is a few lines around
-//! one of them; the tests call the handlers directly with the fixtures in `events/aws/`.
+//! container, and the four handlers, generic over the ports (`context::Ports`). Each
+//! `functions/<name>` binary is a few lines around one of them on the AWS adapters; the tests
+//! call the handlers directly with the fixtures in `events/aws/`, on the memory adapters
+//! (`tests/memory.rs`) or on the AWS emulator (feature `emulator-tests`).
 
 pub mod context;
 pub mod dispatch;
@@ -8,7 +10,7 @@ pub mod inbound;
 pub mod render;
 pub mod scheduler;
 
-pub use context::Context;
+pub use context::{Adapters, Aws, Context, Memory, Ports};
 
 /// The relay config bundled at build time (`config/relay.yaml`, or `RELAY_CONFIG`),
 /// validated by the build script.

@@ -1,10 +1,9 @@
 //! The scheduler function: EventBridge Scheduler runs it daily for birthdays (the same pass
-//! as `relay serve`'s, "today" in the config's `schedules.time_zone`) and every minute for
-//! due timers. On AWS a held delivery waits in the dispatch queue itself (sent with a delay,
-//! hidden again when read early), so the minute run has nothing to release: it stays as the
-//! hook for timers that need a sweep, and logs.
+//! as `relay serve`'s, "today" in the config's `schedules.time_zone`). Timers need no run of
+//! their own on AWS: a held delivery waits in the dispatch queue itself (sent with a delay,
+//! hidden again when read early).
 
-use crate::Context;
+use crate::context::{Aws, Context, Ports};
 use relay_shared::pipeline::birthdays::{run_birthdays, BirthdayError, BirthdayReport};
 use relay_shared::pipeline::inbound::Inbound;
 use serde_json::Value;
@@ -14,8 +13,6 @@ use serde_json::Value;
 pub enum Job {
     /// Fire birthday events for the contacts born on this day.
     Birthdays,
-    /// Release the delayed triggers that are due.
-    DueTimers,
 }
 
 /// Why a scheduled invocation was not understood.
@@ -39,22 +36,14 @@ pub enum RunError {
 pub enum RunReport {
     /// The birthday pass.
     Birthdays(BirthdayReport),
-    /// The due-timer sweep (nothing to do on AWS).
-    DueTimers,
 }
 
-/// Reads the run from the invocation: the schedules' input `{"job": "birthdays" | "due-timers"}`,
+/// Reads the run from the invocation: the schedule's input `{"job": "birthdays"}`,
 /// or an EventBridge "Scheduled Event" whose rule name ends in the job's name.
 pub fn job(event: &Value) -> Result<Job, UnknownRun> {
     let named = |s: &str| {
         let s = s.to_ascii_lowercase();
-        if s.ends_with("birthdays") {
-            Some(Job::Birthdays)
-        } else if s.ends_with("due-timers") || s.ends_with("duetimers") {
-            Some(Job::DueTimers)
-        } else {
-            None
-        }
+        s.ends_with("birthdays").then_some(Job::Birthdays)
     };
     if let Some(j) = event.get("job").and_then(Value::as_str) {
         return named(j).ok_or_else(|| UnknownRun(format!("job `{j}`")));
@@ -76,19 +65,19 @@ pub fn job(event: &Value) -> Result<Job, UnknownRun> {
 }
 
 /// The scheduler handler, built once per container.
-pub struct SchedulerHandler {
-    ctx: Context,
+pub struct SchedulerHandler<P: Ports = Aws> {
+    ctx: Context<P>,
     inbound: Inbound,
 }
 
-impl SchedulerHandler {
-    /// Wires the birthday pass to the AWS adapters.
-    pub fn new(ctx: &Context) -> Self {
+impl<P: Ports> SchedulerHandler<P> {
+    /// Wires the birthday pass to a function's adapters.
+    pub fn new(ctx: &Context<P>) -> Self {
         Self {
             ctx: ctx.clone(),
             inbound: Inbound::new(
-                ctx.aws.store.clone(),
-                ctx.aws.queue.clone(),
+                ctx.ports.store.clone(),
+                ctx.ports.queue.clone(),
                 ctx.clock.clone(),
                 None,
             ),
@@ -109,16 +98,9 @@ impl SchedulerHandler {
                     .with_timezone(&self.ctx.config.schedules.time_zone)
                     .date_naive();
                 let report =
-                    run_birthdays(today, self.ctx.aws.store.as_ref(), &self.inbound, now).await?;
+                    run_birthdays(today, self.ctx.ports.store.as_ref(), &self.inbound, now).await?;
                 tracing::info!(scheduled_at = at, %today, found = report.found, accepted = report.accepted, duplicates = report.duplicates, "birthday run");
                 Ok(RunReport::Birthdays(report))
-            }
-            Job::DueTimers => {
-                tracing::debug!(
-                    scheduled_at = at,
-                    "due-timer run: held deliveries wait in the dispatch queue"
-                );
-                Ok(RunReport::DueTimers)
             }
         }
     }
@@ -138,8 +120,10 @@ mod tests {
     fn the_scheduler_knows_its_runs() {
         let classic = fixture("eventbridge-scheduled-event.json");
         assert_eq!(job(&classic).unwrap(), Job::Birthdays);
-        let v2 = fixture("scheduler-due-timers.json");
-        assert_eq!(job(&v2).unwrap(), Job::DueTimers);
+        let v2 = fixture("scheduler-birthdays.json");
+        assert_eq!(job(&v2).unwrap(), Job::Birthdays);
+        // The minute run is gone: its schedule's input is no longer a known run.
+        assert!(job(&serde_json::json!({"job": "due-timers"})).is_err());
         assert!(job(&serde_json::json!({"job": "coffee"})).is_err());
         let unknown = serde_json::json!({"detail-type": "Scheduled Event", "resources": []});
         assert!(job(&unknown).is_err());

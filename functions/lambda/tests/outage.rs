@@ -528,7 +528,7 @@ impl Pipeline {
     async fn records(&self, ids: &[String]) -> Vec<DeliveryRecord> {
         let mut all = Vec::new();
         for id in ids {
-            all.extend(self.ctx.aws.store.for_event(id).await.unwrap());
+            all.extend(self.ctx.ports.store.for_event(id).await.unwrap());
         }
         all
     }
@@ -692,7 +692,7 @@ async fn six_hour_outage(breaker: &str, max_outage_calls: usize, attempts_during
         p.asked
     );
     for id in &ids {
-        let e = p.ctx.aws.store.get(id).await.unwrap().unwrap();
+        let e = p.ctx.ports.store.get(id).await.unwrap().unwrap();
         assert_eq!(e.status.as_str(), "COMPLETED", "{id}");
     }
 }
@@ -718,7 +718,7 @@ async fn duplicates_on_aws_reach_smartemailing_once() {
     let welcome = DeliveryId::derive(&EventId::parse("dup-1").unwrap(), "welcome", 0);
     let sent = p
         .ctx
-        .aws
+        .ports
         .store
         .get_many(std::slice::from_ref(&welcome))
         .await
@@ -758,7 +758,7 @@ async fn duplicates_on_aws_reach_smartemailing_once() {
     assert_eq!(fake.triggered_events().len(), 1);
     let after = p
         .ctx
-        .aws
+        .ports
         .store
         .get_many(std::slice::from_ref(&welcome))
         .await
@@ -770,7 +770,7 @@ async fn duplicates_on_aws_reach_smartemailing_once() {
         after.sent_at, sent.sent_at,
         "the record is not touched again"
     );
-    assert_eq!(p.ctx.aws.store.for_event("dup-1").await.unwrap().len(), 1);
+    assert_eq!(p.ctx.ports.store.for_event("dup-1").await.unwrap().len(), 1);
     assert!(p.dead_letters().await.is_empty());
     assert_eq!(p.emu.depth(&p.render_q()).await, 0);
     assert_eq!(p.emu.depth(&p.dispatch_q()).await, 0);

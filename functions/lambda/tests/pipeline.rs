@@ -113,7 +113,7 @@ async fn an_event_goes_through_the_aws_pipeline_once_despite_a_retry_and_duplica
     let event_id = EventId::from_stored("evt-aws-0001");
     let welcome = DeliveryId::derive(&event_id, "welcome", 0);
     let record = &ctx
-        .aws
+        .ports
         .store
         .get_many(std::slice::from_ref(&welcome))
         .await
@@ -169,7 +169,7 @@ async fn an_event_goes_through_the_aws_pipeline_once_despite_a_retry_and_duplica
         delivery: welcome.clone(),
     })
     .unwrap();
-    ctx.aws
+    ctx.ports
         .queue
         .send(QueueName::Dispatch, vec![stray], Duration::ZERO)
         .await
@@ -193,9 +193,9 @@ async fn an_event_goes_through_the_aws_pipeline_once_despite_a_retry_and_duplica
     assert_eq!(fake.calls_to("/trigger-event"), 2, "nothing is sent twice");
 
     // What DynamoDB holds.
-    let event = ctx.aws.store.get("evt-aws-0001").await.unwrap().unwrap();
+    let event = ctx.ports.store.get("evt-aws-0001").await.unwrap().unwrap();
     assert_eq!(event.status.as_str(), "COMPLETED");
-    let deliveries = ctx.aws.store.for_event("evt-aws-0001").await.unwrap();
+    let deliveries = ctx.ports.store.for_event("evt-aws-0001").await.unwrap();
     let summary: Vec<(&str, DeliveryStatus, u32, u32)> = deliveries
         .iter()
         .map(|d| (d.rule.as_str(), d.status, d.attempts, d.chain_depth))

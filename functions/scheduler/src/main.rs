@@ -1,4 +1,4 @@
-//! Lambda: EventBridge Scheduler -> the daily birthday pass and the due-timer run.
+//! Lambda: EventBridge Scheduler -> the daily birthday pass.
 
 use lambda_runtime::{service_fn, LambdaEvent};
 use relay_lambda::scheduler::SchedulerHandler;

@@ -4,6 +4,7 @@
 use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::domain::event::EventId;
 use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
+use crate::domain::retention::Retention;
 use crate::ports::clock::Clock;
 use crate::ports::queue::{Message, QueueName};
 use crate::ports::{
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     chain_depth INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries(event_id, created_at);
+CREATE INDEX IF NOT EXISTS events_by_expiry ON events(expires_at);
 CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries(status, created_at);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,6 +88,10 @@ pub struct SqliteStore {
     /// The connection for reads.
     reader: Arc<Mutex<Connection>>,
     clock: Arc<dyn Clock>,
+    /// How long finished records are kept (`sweep`).
+    retention: Retention,
+    /// The database file.
+    path: std::path::PathBuf,
     /// The store thread, started on first use; it ends when the last clone is dropped.
     ops: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<StoreOp>>>,
 }
@@ -98,6 +104,67 @@ type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// The most ops folded into one commit.
 const GROUP_COMMIT_MAX: usize = 512;
+
+/// The most rows one sweep op deletes: a few milliseconds of the writer's time.
+const SWEEP_BATCH: usize = 500;
+/// The most pages one `incremental_vacuum` step gives back.
+const VACUUM_PAGES: usize = 2000;
+/// Finished deliveries past their window (`expires_at` is set only on finished ones).
+const SWEEP_DELIVERIES: &str = "DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries WHERE expires_at IS NOT NULL AND expires_at < ?1 LIMIT ?2)";
+/// Events past their window that no delivery refers to any more (`expires_at` in seconds).
+const SWEEP_EVENTS: &str = "DELETE FROM events WHERE rowid IN (SELECT e.rowid FROM events e WHERE e.expires_at < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) LIMIT ?2)";
+/// Timers whose delivery is no longer scheduled (sent, cancelled or swept). `?1` is unused
+/// (every sweep statement takes the time).
+const SWEEP_TIMERS: &str = "DELETE FROM timers WHERE rowid IN (SELECT t.rowid FROM timers t WHERE ?1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = t.delivery_id AND d.status = 'scheduled') LIMIT ?2)";
+
+/// What one sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Finished and dead deliveries past their window.
+    pub deliveries: usize,
+    /// Events past their window with no delivery left.
+    pub events: usize,
+    /// Timers of deliveries no longer scheduled.
+    pub timers: usize,
+}
+
+/// Makes the file give freed pages back (`incremental_vacuum`): set before the first table of
+/// a new file, or once (with a `VACUUM`) on a file made before retention existed.
+fn give_space_back(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == 2 {
+        return Ok(());
+    }
+    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+    if tables > 0 {
+        conn.execute_batch("VACUUM;")?;
+    }
+    Ok(())
+}
+
+/// Brings a file made by an earlier version up to this schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_expiry: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = 'expires_at'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_expiry == 0 {
+        // Finished deliveries written before retention count from their creation.
+        let d = Retention::default();
+        conn.execute_batch(&format!(
+            "ALTER TABLE deliveries ADD COLUMN expires_at INTEGER;
+             UPDATE deliveries SET expires_at = created_at + {dead} WHERE status = 'dead';
+             UPDATE deliveries SET expires_at = created_at + {done} WHERE status IN ('sent', 'skipped', 'cancelled', 'dry_run');",
+            dead = d.dead.as_millis(),
+            done = d.deliveries.as_millis(),
+        ))?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS deliveries_by_expiry ON deliveries(expires_at) WHERE expires_at IS NOT NULL;",
+    )
+}
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,11 +210,14 @@ impl SqliteStore {
         // WAL keeps readers off the writer's back; FULL syncs each commit, so an answer of
         // 202 means the event is on disk. Each op of a group commit runs in a savepoint, whose
         // journal stays in memory (temp_store), not in a temporary file.
+        // Before WAL: a new file takes its auto_vacuum mode only before its first write.
+        give_space_back(&conn).map_err(unavailable)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;",
         )
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        migrate(&conn).map_err(unavailable)?;
         let reader = Connection::open(state_dir.join("relay.db")).map_err(unavailable)?;
         reader
             .execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")
@@ -156,8 +226,95 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             reader: Arc::new(Mutex::new(reader)),
             clock,
+            retention: Retention::default(),
+            path: state_dir.join("relay.db"),
             ops: Arc::new(std::sync::OnceLock::new()),
         })
+    }
+
+    /// Keeps finished records for these windows (the default is `Retention::default()`).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Deletes what has expired at the store's clock time, in small batches (each its own
+    /// store op, so a sweep never holds the writer for long), then gives the freed pages back
+    /// to the file system. Pending, retrying and scheduled deliveries, their jobs and timers
+    /// are never touched; an event stays while any of its deliveries does (a dead one can be
+    /// replayed by rendering its event again), though its id is claimable again once its own
+    /// window has passed.
+    pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        let now = self.clock.now_ms();
+        // In this order: events wait for their deliveries, timers for theirs.
+        let deliveries = self.sweep_batches(SWEEP_DELIVERIES, now).await?;
+        let report = SweepReport {
+            deliveries,
+            events: self.sweep_batches(SWEEP_EVENTS, now / 1000).await?,
+            timers: self.sweep_batches(SWEEP_TIMERS, now).await?,
+        };
+        // Each step frees at most VACUUM_PAGES; stop when nothing is left or a step frees
+        // nothing (a file whose mode could not be changed).
+        let mut left = i64::MAX;
+        loop {
+            let now_left = self
+                .run(|conn| -> rusqlite::Result<i64> {
+                    conn.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES});"))?;
+                    conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                })
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)?;
+            if now_left == 0 || now_left >= left {
+                break;
+            }
+            left = now_left;
+        }
+        if report != SweepReport::default() {
+            // Fold the write-ahead log back into the file and truncate it, so what was freed
+            // leaves the disk too. A busy reader only makes it do less this time.
+            let _ = Connection::open(&self.path)
+                .and_then(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
+        }
+        Ok(report)
+    }
+
+    /// Runs one sweep statement in batches until a batch deletes less than a full one.
+    async fn sweep_batches(&self, sql: &'static str, now: i64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .run(move |conn| conn.execute(sql, params![now, SWEEP_BATCH as i64]))
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)?;
+            total += n;
+            if n < SWEEP_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The size of the store's files (database and write-ahead log), in bytes.
+    pub fn disk_usage(&self) -> u64 {
+        let wal = self.path.with_extension("db-wal");
+        [&self.path, &wal]
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// When the oldest record still held was received (Unix ms): how far back the store can
+    /// show.
+    pub fn oldest_record_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.read()
+            .query_row(
+                "SELECT MIN(t) FROM (SELECT MIN(received_at) AS t FROM events UNION ALL SELECT MIN(created_at) FROM deliveries)",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(unavailable)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -523,9 +680,10 @@ impl EventStore for SqliteStore {
 impl DeliveryStore for SqliteStore {
     async fn insert_new(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
         let records = records.to_vec();
+        let (now, retention) = (self.clock.now_ms(), self.retention);
         self.run(move |conn| {
             let sql = format!(
-                "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             );
             execute_each(conn, &sql, &records, |stmt, r| {
                 stmt.execute(params![
@@ -542,7 +700,8 @@ impl DeliveryStore for SqliteStore {
                     r.next_attempt_at,
                     request_json(r),
                     r.created_at,
-                    r.chain_depth as i64
+                    r.chain_depth as i64,
+                    retention.delivery_expires_at(r.status, now)
                 ])
             })
             .map_err(unavailable)
@@ -577,11 +736,12 @@ impl DeliveryStore for SqliteStore {
 
     async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
         let records = records.to_vec();
+        let (now, retention) = (self.clock.now_ms(), self.retention);
         self.run(move |conn| {
             execute_each(
                 conn,
                 "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
-                 next_attempt_at = ?7, request = ?8 WHERE id = ?1",
+                 next_attempt_at = ?7, request = ?8, expires_at = ?9 WHERE id = ?1",
                 &records,
                 |stmt, r| {
                     stmt.execute(params![
@@ -593,6 +753,7 @@ impl DeliveryStore for SqliteStore {
                         r.sent_at,
                         r.next_attempt_at,
                         request_json(r),
+                        retention.delivery_expires_at(r.status, now),
                     ])
                 },
             )
@@ -802,14 +963,17 @@ impl TimerStore for SqliteStore {
         }
         let correlation = correlation.to_string();
         let except_event = except_event.to_string();
+        let expires_at = self
+            .retention
+            .delivery_expires_at(DeliveryStatus::Cancelled, self.clock.now_ms());
         self.run(move |conn| {
             let tx = conn.savepoint().map_err(unavailable)?;
             let ids = cancellable(&tx, &correlation, &except_event)?;
             for id in &ids {
                 tx.execute(
-                    "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,
+                    "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, expires_at = ?2,
                      last_error = 'cancelled by a later event' WHERE id = ?1 AND status = 'scheduled'",
-                    params![id],
+                    params![id, expires_at],
                 )
                 .map_err(unavailable)?;
                 tx.execute(

@@ -2,10 +2,12 @@
 
 use crate::domain::event::EventId;
 use crate::domain::smartemailing::Endpoint;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::time::Duration;
 
 /// A delivery id: derived from the event, the rule and the action, so a re-render of the
 /// same event gives the same ids and the idempotency of sending carries over.
@@ -168,6 +170,38 @@ impl DeliveryStatus {
     }
 }
 
+/// What an attempt came to, for each delivery it carried (`policy::classify` reads it off
+/// the answer).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Accepted.
+    Success {
+        /// Status and the start of the body.
+        response: String,
+    },
+    /// Worth another try later.
+    Retry {
+        /// Why it failed.
+        reason: String,
+        /// Status and the start of the body, if there was an answer.
+        response: Option<String>,
+        /// What the target asked for in `Retry-After`.
+        retry_after: Option<Duration>,
+        /// The target is overloaded (429, a timeout, a rate-limit message): wait at least
+        /// `min_overload_delay`.
+        overload: bool,
+    },
+    /// Will never work as it is.
+    Permanent {
+        /// Why.
+        reason: String,
+        /// Status and the start of the body.
+        response: Option<String>,
+        /// The status code, if there was an answer.
+        status: Option<u16>,
+    },
+}
+
 /// A delivery and its state, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
@@ -202,6 +236,58 @@ pub struct DeliveryRecord {
 }
 
 impl DeliveryRecord {
+    /// Records one attempt and its outcome: the attempt counts, and the delivery is sent,
+    /// retrying (due `retry_in` from `now`) or dead. A retry without `retry_in` means the
+    /// retry schedule is spent, so the delivery is given up.
+    pub fn record(&mut self, outcome: &Outcome, now: DateTime<Utc>, retry_in: Option<Duration>) {
+        self.attempts += 1;
+        match outcome {
+            Outcome::Success { response } => {
+                self.status = DeliveryStatus::Sent;
+                self.sent_at = Some(now.to_rfc3339_opts(SecondsFormat::Millis, true));
+                self.last_response = Some(response.clone());
+                self.last_error = None;
+                self.next_attempt_at = None;
+            }
+            Outcome::Retry {
+                reason, response, ..
+            } => {
+                self.last_response = response.clone();
+                match retry_in {
+                    Some(delay) => {
+                        self.status = DeliveryStatus::Retrying;
+                        self.last_error = Some(reason.clone());
+                        self.next_attempt_at =
+                            Some(now.timestamp_millis() + delay.as_millis() as i64);
+                    }
+                    None => {
+                        self.status = DeliveryStatus::Dead;
+                        self.last_error = Some(format!(
+                            "gave up after {} attempts: {reason}",
+                            self.attempts
+                        ));
+                        self.next_attempt_at = None;
+                    }
+                }
+            }
+            Outcome::Permanent {
+                reason, response, ..
+            } => {
+                self.status = DeliveryStatus::Dead;
+                self.last_error = Some(reason.clone());
+                self.last_response = response.clone();
+                self.next_attempt_at = None;
+            }
+        }
+    }
+
+    /// Records that the delivery was not sent because the relay runs dry (no SmartEmailing
+    /// credentials); no attempt is spent.
+    pub fn record_dry_run(&mut self) {
+        self.status = DeliveryStatus::DryRun;
+        self.last_error = None;
+    }
+
     /// The record as `GET /v1/events/{id}` shows it.
     pub fn to_api(&self) -> Value {
         let mut v = serde_json::json!({
@@ -221,5 +307,124 @@ impl DeliveryRecord {
                 .unwrap_or(Value::Null);
         }
         v
+    }
+}
+
+/// Deliveries for the tests of the modules that handle them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A pending delivery of action 0 of rule `welcome` for `event`, with no request yet.
+    pub(crate) fn pending(event: &str) -> DeliveryRecord {
+        let event = EventId::parse(event).unwrap_or_else(|e| panic!("{e}"));
+        DeliveryRecord {
+            id: DeliveryId::derive(&event, "welcome", 0),
+            event_id: event,
+            rule: "welcome".into(),
+            action: "trigger_event".into(),
+            action_index: 0,
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            last_response: None,
+            sent_at: None,
+            next_attempt_at: None,
+            request: None,
+            created_at: 0,
+            chain_depth: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> DeliveryRecord {
+        let mut d = fixtures::pending("evt-1");
+        d.last_error = Some("an earlier failure".into());
+        d
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    fn retry(reason: &str) -> Outcome {
+        Outcome::Retry {
+            reason: reason.into(),
+            response: Some("503 busy".into()),
+            retry_after: None,
+            overload: false,
+        }
+    }
+
+    #[test]
+    fn a_success_marks_the_delivery_sent_and_clears_the_last_error() {
+        let mut d = pending();
+        let ok = Outcome::Success {
+            response: "201 created".into(),
+        };
+        d.record(&ok, at(1_000), None);
+        assert_eq!(d.status, DeliveryStatus::Sent);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.sent_at.as_deref(), Some("1970-01-01T00:00:01.000Z"));
+        assert_eq!(d.last_response.as_deref(), Some("201 created"));
+        assert_eq!(d.last_error, None);
+        assert_eq!(d.next_attempt_at, None);
+    }
+
+    #[test]
+    fn a_retry_with_a_delay_is_due_that_long_after_now() {
+        let mut d = pending();
+        d.record(
+            &retry("the target answered 503"),
+            at(1_000),
+            Some(Duration::from_secs(10)),
+        );
+        assert_eq!(d.status, DeliveryStatus::Retrying);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.next_attempt_at, Some(11_000));
+        assert_eq!(d.last_error.as_deref(), Some("the target answered 503"));
+        assert_eq!(d.last_response.as_deref(), Some("503 busy"));
+    }
+
+    #[test]
+    fn a_retry_without_a_delay_gives_the_delivery_up_and_says_after_how_many_attempts() {
+        let mut d = pending();
+        d.attempts = 2;
+        d.next_attempt_at = Some(5);
+        d.record(&retry("timed out"), at(1_000), None);
+        assert_eq!(d.status, DeliveryStatus::Dead);
+        assert_eq!(
+            d.last_error.as_deref(),
+            Some("gave up after 3 attempts: timed out")
+        );
+        assert_eq!(d.next_attempt_at, None);
+    }
+
+    #[test]
+    fn a_permanent_failure_is_dead_at_once() {
+        let mut d = pending();
+        let bad = Outcome::Permanent {
+            reason: "the target answered 422".into(),
+            response: Some("422 invalid".into()),
+            status: Some(422),
+        };
+        d.record(&bad, at(1_000), Some(Duration::from_secs(10)));
+        assert_eq!(d.status, DeliveryStatus::Dead);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.last_error.as_deref(), Some("the target answered 422"));
+        assert_eq!(d.next_attempt_at, None);
+    }
+
+    #[test]
+    fn a_dry_run_spends_no_attempt() {
+        let mut d = pending();
+        d.record_dry_run();
+        assert_eq!(d.status, DeliveryStatus::DryRun);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.last_error, None);
     }
 }

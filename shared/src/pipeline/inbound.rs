@@ -84,7 +84,11 @@ fn outcome(index: usize, sub: &Submitted, claim: Begin) -> Result<Accepted, Inbo
 }
 
 /// The idempotency record that claims an event's id, IN_PROGRESS for the lease.
-fn record_of(sub: &Submitted, now: DateTime<Utc>) -> Result<EventRecord, InboundError> {
+fn record_of(
+    sub: &Submitted,
+    now: DateTime<Utc>,
+    retention: Duration,
+) -> Result<EventRecord, InboundError> {
     let now_ms = now.timestamp_millis();
     Ok(EventRecord {
         id: sub.event.id.clone(),
@@ -94,7 +98,7 @@ fn record_of(sub: &Submitted, now: DateTime<Utc>) -> Result<EventRecord, Inbound
         received_at: now_ms,
         status: RecordStatus::InProgress,
         in_progress_until: now_ms + IN_PROGRESS_LEASE.as_millis() as i64,
-        expires_at: now.timestamp() + EVENT_RETENTION.as_secs() as i64,
+        expires_at: now.timestamp() + retention.as_secs() as i64,
     })
 }
 
@@ -106,6 +110,7 @@ pub struct Inbound {
     wake: Option<Arc<Notify>>,
     max_message_bytes: Option<usize>,
     atomic: Option<Arc<dyn AtomicAccept>>,
+    event_retention: Duration,
 }
 
 impl Inbound {
@@ -130,7 +135,15 @@ impl Inbound {
             wake,
             max_message_bytes: None,
             atomic: None,
+            event_retention: EVENT_RETENTION,
         }
+    }
+
+    /// How long an accepted event's id stays a duplicate (`retention.events`; the default is
+    /// `EVENT_RETENTION`).
+    pub fn with_event_retention(mut self, retention: Duration) -> Self {
+        self.event_retention = retention;
+        self
     }
 
     /// Claims and enqueues in one commit through a store that can (the local store, which
@@ -149,7 +162,7 @@ impl Inbound {
         let now_ms = now.timestamp_millis();
         let records = submitted
             .iter()
-            .map(|sub| record_of(sub, now))
+            .map(|sub| record_of(sub, now, self.event_retention))
             .collect::<Result<Vec<_>, _>>()?;
         match &self.atomic {
             Some(atomic) => {

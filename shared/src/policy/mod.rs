@@ -1,3 +1,6 @@
-//! Pure decisions with no I/O: when a target's circuit opens and how calls are paced.
+//! Pure decisions with no I/O: what an answer means, when a delivery is tried again, when a
+//! target's circuit opens and how calls are paced.
 
 pub mod breaker;
+pub mod classify;
+pub mod retry;

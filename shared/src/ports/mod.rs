@@ -3,12 +3,16 @@
 
 pub mod clock;
 pub mod credentials;
+pub mod dead_letters;
+pub mod leases;
 pub mod queue;
 pub mod store;
 pub mod transport;
 
 pub use clock::Clock;
 pub use credentials::{Credentials, SecretError};
+pub use dead_letters::{DeadLetter, DeadLetters};
+pub use leases::SendLeases;
 pub use queue::{Queue, QueueError};
 pub use store::{
     AtomicAccept, ContactStore, DeliveryFilter, DeliveryStore, EventStore, StoreError, TimerStore,

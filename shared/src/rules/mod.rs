@@ -4,5 +4,7 @@
 
 pub mod actions;
 pub mod config;
+pub mod dates;
+pub mod references;
 pub mod render;
 pub mod template;

@@ -4,6 +4,8 @@
 //! and then encoded by serde_json, so event data can neither break the JSON nor add fields.
 //! A leaf that is exactly one `{{ expression }}` keeps the JSON type of its value.
 
+use crate::rules::dates::{self, AccountDates};
+use crate::rules::references;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use tera::{Context, Tera};
@@ -52,6 +54,7 @@ pub enum Node {
 pub struct TemplateSet {
     tera: Tera,
     count: usize,
+    dates: AccountDates,
 }
 
 impl std::fmt::Debug for TemplateSet {
@@ -79,8 +82,14 @@ const FORBIDDEN: &[(&str, &str)] = &[
 ];
 
 impl TemplateSet {
-    /// An empty set with Tera's environment access removed.
+    /// An empty set with Tera's environment access removed, for an account in the default
+    /// time zone.
     pub fn new() -> Self {
+        Self::with_dates(AccountDates::default())
+    }
+
+    /// An empty set whose `se_datetime` filter and date fields use the account's `dates`.
+    pub fn with_dates(dates: AccountDates) -> Self {
         let mut tera = Tera::default();
         // Tera ships `get_env`, which in Lambda would hand out the AWS credentials.
         tera.functions.remove("get_env");
@@ -92,27 +101,47 @@ impl TemplateSet {
         tera.register_function("range", bounded_range);
         // Deterministic codes (reward codes, pseudonymous ids) without reaching outside.
         tera.register_filter("sha256", sha256_filter);
+        // SmartEmailing's date format for the dates the relay does not know are dates.
+        tera.register_filter("se_datetime", dates::filter(dates.zone));
         tera.autoescape_on(vec![]);
-        Self { tera, count: 0 }
+        Self {
+            tera,
+            count: 0,
+            dates,
+        }
     }
 
-    fn add(&mut self, place: &str, source: &str) -> Result<String, TemplateError> {
+    /// How dates go to the account.
+    pub fn dates(&self) -> &AccountDates {
+        &self.dates
+    }
+
+    /// Compiles `source` (what the user `wrote`, maybe wrapped by us) and checks what it reads.
+    fn add(&mut self, place: &str, source: &str, wrote: Written) -> Result<String, TemplateError> {
+        let fail = |message: String| TemplateError {
+            place: place.to_string(),
+            message,
+        };
         for (word, why) in FORBIDDEN {
             if mentions_call(source, word) {
-                return Err(TemplateError {
-                    place: place.to_string(),
-                    message: format!("`{word}` is not allowed: {why}"),
-                });
+                return Err(fail(format!("`{word}` is not allowed: {why}")));
             }
         }
         self.count += 1;
         let name = format!("t{}", self.count);
-        self.tera
-            .add_raw_template(&name, source)
-            .map_err(|e| TemplateError {
-                place: place.to_string(),
-                message: tera_message(&e),
-            })?;
+        if let Err(e) = self.tera.add_raw_template(&name, source) {
+            // Shown against the user's own text: our wrappers and names mean nothing to them.
+            return Err(fail(
+                wrote.syntax_error().unwrap_or_else(|| tera_message(&e)),
+            ));
+        }
+        let problems = match self.tera.get_template(&name) {
+            Ok(t) => references::unknown_references(&t.ast),
+            Err(e) => vec![tera_message(&e)],
+        };
+        if !problems.is_empty() {
+            return Err(fail(problems.join("; ")));
+        }
         Ok(name)
     }
 
@@ -121,7 +150,7 @@ impl TemplateSet {
         if !has_syntax(source) {
             return Ok(Piece::Literal(source.to_string()));
         }
-        let name = self.add(place, source)?;
+        let name = self.add(place, source, Written::Template(source))?;
         Ok(Piece::Template {
             name,
             place: place.to_string(),
@@ -136,7 +165,11 @@ impl TemplateSet {
                 message: "write a bare expression, e.g. contact.language == 'cs_CZ'".into(),
             });
         }
-        let name = self.add(place, &format!("{{% if {expr} %}}true{{% endif %}}"))?;
+        let name = self.add(
+            place,
+            &format!("{{% if {expr} %}}true{{% endif %}}"),
+            Written::Condition(expr),
+        )?;
         Ok(Piece::Template {
             name,
             place: place.to_string(),
@@ -153,6 +186,7 @@ impl TemplateSet {
                         &format!(
                             "{{% set relay_value = {expr} %}}{{{{ relay_value | json_encode() }}}}"
                         ),
+                        Written::Template(s),
                     )?;
                     Node::Typed {
                         name,
@@ -340,7 +374,64 @@ fn mentions_call(source: &str, word: &str) -> bool {
     false
 }
 
-fn tera_message(e: &tera::Error) -> String {
+/// A template as the user wrote it in the config, for syntax errors.
+#[derive(Clone, Copy)]
+enum Written<'a> {
+    /// A string that is a template as it stands.
+    Template(&'a str),
+    /// A bare expression (a rule's `if`), compiled inside `{% if ... %}`.
+    Condition(&'a str),
+}
+
+impl Written<'_> {
+    /// Where the user's text fails to parse and why, quoting the line that fails; `None`
+    /// when it parses on its own or Tera's message is not in the form expected.
+    fn syntax_error(self) -> Option<String> {
+        // A condition is parsed as `{{ expr }}`: the same expression grammar, 3 columns in.
+        let (text, shift) = match self {
+            Written::Template(t) => (t.to_string(), 0),
+            Written::Condition(e) => (format!("{{{{ {e} }}}}"), 3),
+        };
+        let err = tera::Template::new("template", None, &text).err()?;
+        let full = tera_chain(&err);
+        let at = full.split("--> ").nth(1)?;
+        let (line, col) = at.split_whitespace().next()?.split_once(':')?;
+        let (line, col): (usize, usize) = (line.parse().ok()?, col.parse().ok()?);
+        let expected = full.rsplit("= ").next()?.trim();
+        let mut shown: String = text.lines().nth(line.checked_sub(1)?)?.to_string();
+        let mut col = col;
+        if line == 1 && shift > 0 {
+            shown = match self {
+                Written::Condition(e) => e.lines().next().unwrap_or_default().to_string(),
+                Written::Template(_) => shown,
+            };
+            // Past the user's text is our closing `}}`: point just after their text.
+            col = col
+                .saturating_sub(shift)
+                .clamp(1, shown.chars().count() + 1);
+        }
+        let where_ = if text.lines().count() > 1 {
+            format!("line {line}, column {col}")
+        } else {
+            format!("column {col}")
+        };
+        Some(format!(
+            "template syntax error at {where_} of `{}`: {expected}",
+            truncate_chars(&shown, 120)
+        ))
+    }
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// An error and its sources, joined.
+fn tera_chain(e: &tera::Error) -> String {
     use std::error::Error as _;
     let mut msg = e.to_string();
     let mut src = e.source();
@@ -349,8 +440,30 @@ fn tera_message(e: &tera::Error) -> String {
         msg.push_str(&s.to_string());
         src = s.source();
     }
-    // Our internal template names mean nothing to a user.
-    msg.replace("while rendering 't", "while rendering template 't")
+    msg
+}
+
+/// Tera's message without our internal template names (`'t7'`), which mean nothing to a
+/// user: the error's place already says which template it is.
+fn tera_message(e: &tera::Error) -> String {
+    let msg = tera_chain(e);
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg.as_str();
+    // "Failed to render 't7': Variable `x` not found in context while rendering 't7'"
+    for prefix in ["Failed to render '", "Failed to parse '"] {
+        if let Some(r) = rest.strip_prefix(prefix) {
+            if let Some((_, after)) = r.split_once("': ") {
+                rest = after;
+            }
+        }
+    }
+    while let Some(i) = rest.find(" while rendering '") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " while rendering '".len()..];
+        rest = after.split_once('\'').map_or("", |(_, r)| r);
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -417,13 +530,13 @@ mod tests {
         let p = set
             .compile_str(
                 "code",
-                "{% set seed = contact.email ~ ':' ~ year %}{{ seed | sha256 | truncate(length=8, end='') | upper }}",
+                "{% set seed = contact.email ~ ':' ~ data.year %}{{ seed | sha256 | truncate(length=8, end='') | upper }}",
             )
             .unwrap();
         let out = set
             .render_str(
                 &p,
-                &ctx(json!({"contact": {"email": "jan@example.com"}, "year": 2026})),
+                &ctx(json!({"contact": {"email": "jan@example.com"}, "data": {"year": 2026}})),
             )
             .unwrap();
         // sha256("jan@example.com:2026"), first 8 hex digits, upper case.
@@ -471,5 +584,60 @@ mod tests {
             .unwrap();
         let err = set.render_str(&p, &ctx(json!({"data": {}}))).unwrap_err();
         assert_eq!(err.place, "rules[a].url");
+    }
+
+    #[test]
+    fn a_syntax_error_quotes_the_users_template_not_an_internal_name() {
+        let mut set = TemplateSet::new();
+        let err = set
+            .compile_str("rules[a].url", "https://x/{{ data.id")
+            .unwrap_err();
+        assert_eq!(err.place, "rules[a].url");
+        assert!(
+            err.message.starts_with(
+                "template syntax error at column 21 of `https://x/{{ data.id`: expected"
+            ),
+            "{err}"
+        );
+        assert!(!err.message.contains("'t1'"), "{err}");
+        // A sole expression is compiled inside our own wrapper; the user sees their text.
+        let err = set
+            .compile_tree("p", &json!("{{ data.id | }}"))
+            .unwrap_err();
+        assert!(err.message.contains("of `{{ data.id | }}`"), "{err}");
+        assert!(!err.message.contains("relay_value"), "{err}");
+        // A condition is a bare expression; the column counts in it.
+        let err = set
+            .compile_condition("rules[a].if", "data.x ==")
+            .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("template syntax error at column 10 of `data.x ==`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_misspelled_contact_field_is_refused_at_compile_time() {
+        let mut set = TemplateSet::new();
+        let err = set
+            .compile_str("rules[w].payload.n", "Hi {{ contact.first_nam }}")
+            .unwrap_err();
+        assert!(err.message.contains("did you mean first_name?"), "{err}");
+        let err = set
+            .compile_condition("rules[w].if", "contact.langauge == 'cs_CZ'")
+            .unwrap_err();
+        assert!(err.message.contains("did you mean language?"), "{err}");
+    }
+
+    #[test]
+    fn a_render_error_names_no_internal_template() {
+        let mut set = TemplateSet::new();
+        let p = set
+            .compile_str("rules[a].name", "x-{{ data.nope }}")
+            .unwrap();
+        let err = set.render_str(&p, &ctx(json!({"data": {}}))).unwrap_err();
+        assert!(err.message.contains("`data.nope` not found"), "{err}");
+        assert!(!err.message.contains("'t"), "{err}");
     }
 }

@@ -80,6 +80,15 @@ impl AwsSettings {
 
     /// Reads the settings through `get` (the environment, or a test's map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, MissingSetting> {
+        Self::read(get, true)
+    }
+
+    /// Reads the settings; `SECRET_ID` is left empty unless `with_secret` (for `AwsStores`,
+    /// which builds no credentials).
+    fn read(
+        get: impl Fn(&str) -> Option<String>,
+        with_secret: bool,
+    ) -> Result<Self, MissingSetting> {
         let opt = |k: &str| {
             get(k)
                 .map(|v| v.trim().to_string())
@@ -92,8 +101,55 @@ impl AwsSettings {
             dispatch_queue_url: req("DISPATCH_QUEUE_URL")?,
             render_dlq_url: opt("RENDER_DLQ_URL"),
             dispatch_dlq_url: opt("DISPATCH_DLQ_URL"),
-            secret_id: req("SECRET_ID")?,
+            secret_id: if with_secret {
+                req("SECRET_ID")?
+            } else {
+                String::new()
+            },
         })
+    }
+}
+
+/// The table and the queues without the credentials: for callers that read no secret, such
+/// as the CLI's `--aws` commands (so they need no `SECRET_ID`).
+#[derive(Clone)]
+pub struct AwsStores {
+    /// Events and deliveries.
+    pub store: Arc<DynamoStore>,
+    /// The queues and their dead letters.
+    pub queue: Arc<SqsQueue>,
+}
+
+impl AwsStores {
+    /// Reads `TABLE_NAME` and the queue URLs from the environment and builds the clients.
+    pub fn from_env(sdk: &SdkConfig) -> Result<Self, MissingSetting> {
+        Self::from_lookup(sdk, |k| std::env::var(k).ok())
+    }
+
+    /// Reads `TABLE_NAME` and the queue URLs through `get` and builds the clients.
+    pub fn from_lookup(
+        sdk: &SdkConfig,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, MissingSetting> {
+        Ok(Self::new(sdk, &AwsSettings::read(get, false)?))
+    }
+
+    fn new(sdk: &SdkConfig, settings: &AwsSettings) -> Self {
+        Self {
+            store: Arc::new(DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                settings.table.clone(),
+            )),
+            queue: Arc::new(SqsQueue::new(
+                aws_sdk_sqs::Client::new(sdk),
+                sqs::QueueUrls {
+                    render: settings.render_queue_url.clone(),
+                    dispatch: settings.dispatch_queue_url.clone(),
+                    render_dlq: settings.render_dlq_url.clone(),
+                    dispatch_dlq: settings.dispatch_dlq_url.clone(),
+                },
+            )),
+        }
     }
 }
 
@@ -111,20 +167,10 @@ pub struct AwsAdapters {
 impl AwsAdapters {
     /// Builds the clients from one SDK configuration.
     pub fn new(sdk: &SdkConfig, settings: &AwsSettings, clock: Arc<dyn Clock>) -> Self {
+        let AwsStores { store, queue } = AwsStores::new(sdk, settings);
         Self {
-            store: Arc::new(DynamoStore::new(
-                aws_sdk_dynamodb::Client::new(sdk),
-                settings.table.clone(),
-            )),
-            queue: Arc::new(SqsQueue::new(
-                aws_sdk_sqs::Client::new(sdk),
-                sqs::QueueUrls {
-                    render: settings.render_queue_url.clone(),
-                    dispatch: settings.dispatch_queue_url.clone(),
-                    render_dlq: settings.render_dlq_url.clone(),
-                    dispatch_dlq: settings.dispatch_dlq_url.clone(),
-                },
-            )),
+            store,
+            queue,
             credentials: Arc::new(SecretsManagerCredentials::new(
                 aws_sdk_secretsmanager::Client::new(sdk),
                 settings.secret_id.clone(),
@@ -137,6 +183,7 @@ impl AwsAdapters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::queue::QueueName;
     use std::collections::HashMap;
 
     #[test]
@@ -156,5 +203,20 @@ mod tests {
         let s = read(&env).unwrap();
         assert_eq!(s.table, "relay");
         assert_eq!(s.dispatch_dlq_url, None, "a blank value counts as unset");
+    }
+
+    #[tokio::test]
+    async fn the_stores_alone_need_no_secret() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("TABLE_NAME", "relay"),
+            ("RENDER_QUEUE_URL", "http://q/render"),
+            ("DISPATCH_QUEUE_URL", "http://q/dispatch"),
+        ]);
+        let sdk = emulator_config("http://127.0.0.1:9").await;
+        let stores = AwsStores::from_lookup(&sdk, |k| env.get(k).map(|v| v.to_string()));
+        let stores = stores.map_err(|e| e.to_string()).unwrap();
+        assert_eq!(stores.queue.url(QueueName::Dispatch), "http://q/dispatch");
+        let none = AwsStores::from_lookup(&sdk, |_| None).err().map(|e| e.0);
+        assert_eq!(none, Some("TABLE_NAME"));
     }
 }

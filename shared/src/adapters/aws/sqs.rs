@@ -1,7 +1,8 @@
 //! The render and dispatch queues on SQS, and their dead-letter queues.
 
+pub use crate::ports::dead_letters::DeadLetter;
 use crate::ports::queue::{Message, QueueName};
-use crate::ports::{Queue, QueueError};
+use crate::ports::{DeadLetters, Queue, QueueError};
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
@@ -40,15 +41,6 @@ pub struct QueueUrls {
     pub render_dlq: Option<String>,
     /// The dispatch dead-letter queue.
     pub dispatch_dlq: Option<String>,
-}
-
-/// A message given up on, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// The job (the original message body).
-    pub body: String,
-    /// Why it was given up on; never carries credentials.
-    pub reason: String,
 }
 
 impl DeadLetter {
@@ -208,6 +200,17 @@ impl SqsQueue {
         let reasons: Vec<String> = letters.iter().map(|l| l.reason.clone()).collect();
         self.send_to(url, &bodies, Duration::ZERO, Some(&reasons))
             .await
+    }
+}
+
+#[async_trait]
+impl DeadLetters for SqsQueue {
+    async fn dead_letter(
+        &self,
+        queue: QueueName,
+        letters: &[DeadLetter],
+    ) -> Result<(), QueueError> {
+        SqsQueue::dead_letter(self, queue, letters).await
     }
 }
 

@@ -56,6 +56,7 @@ fn statuses_only(lists: Vec<ListEntry>) -> ImportItem {
         fields: Node::Value(json!({})),
         lists,
         custom_fields: vec![],
+        date_custom_fields: vec![],
         settings: smartemailing::default_import_settings(),
     }
 }

@@ -16,7 +16,7 @@ mod webhook;
 pub use send::SendTask;
 pub use trigger_event::TriggerEvent;
 pub use upsert_contact::{ImportItem, ListEntry};
-pub use upsert_order::OrderItem;
+pub use upsert_order::{OrderItem, CANCELLED};
 pub(crate) use webhook::valid_secret_name;
 pub use webhook::{WebhookAuth, WebhookBody, WebhookRequest};
 

@@ -4,6 +4,7 @@
 use super::{as_id, scalar_text, Compiler, NotRendered, Scope};
 use crate::domain::delivery::Prepared;
 use crate::domain::smartemailing::{self, Endpoint};
+use crate::rules::dates;
 use crate::rules::template::Node;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -44,6 +45,9 @@ pub struct ImportItem {
     pub lists: Vec<ListEntry>,
     /// Custom fields by id: a value, or a list of option ids.
     pub custom_fields: Vec<(i64, Node)>,
+    /// The ids among them whose value is a date (`{7: {date: ...}}`, or declared in
+    /// `smartemailing.date_custom_fields`).
+    pub date_custom_fields: Vec<i64>,
     /// The call's settings.
     pub settings: Value,
 }
@@ -66,9 +70,26 @@ pub(super) fn compile(c: &mut Compiler, p: &str, a: &UpsertContactSpec) -> Impor
         .filter_map(|(j, l)| list_entry(c, &format!("{p}.lists[{j}]"), l))
         .collect();
     let mut custom_fields = Vec::new();
+    let mut date_custom_fields = Vec::new();
     for (k, v) in &a.custom_fields {
         match k.parse::<i64>() {
-            Ok(id) => custom_fields.push((id, c.tree(&format!("{p}.custom_fields.{k}"), v))),
+            Ok(id) => {
+                let place = format!("{p}.custom_fields.{k}");
+                // `{date: "{{ data.signup }}"}` declares the field a date in the rule itself.
+                let value = match v.as_object().and_then(|o| o.get("date")) {
+                    Some(inner) if v.as_object().is_some_and(|o| o.len() == 1) => {
+                        date_custom_fields.push(id);
+                        c.tree(&format!("{place}.date"), inner)
+                    }
+                    _ => c.tree(&place, v),
+                };
+                if c.templates.dates().custom_fields.contains(&id)
+                    && !date_custom_fields.contains(&id)
+                {
+                    date_custom_fields.push(id);
+                }
+                custom_fields.push((id, value));
+            }
             Err(_) => c.problem(format!(
                 "{p}.custom_fields.{k}: custom fields are keyed by their numeric SmartEmailing id"
             )),
@@ -80,6 +101,7 @@ pub(super) fn compile(c: &mut Compiler, p: &str, a: &UpsertContactSpec) -> Impor
         fields,
         lists,
         custom_fields,
+        date_custom_fields,
         settings,
     }
 }
@@ -153,21 +175,14 @@ impl ImportItem {
             item.extend(smartemailing::contact_fields_from_event(&s.event.contact));
         }
         match s.tree(&self.fields)? {
-            Value::Object(f) => {
-                for (k, v) in f {
-                    if k == "birthday" || k == "nameday" {
-                        item.insert(k, normalise_date(&v));
-                    } else {
-                        item.insert(k, v);
-                    }
-                }
-            }
+            Value::Object(f) => item.extend(f),
             _ => {
                 return Err(NotRendered::Failed(
                     "upsert_contact.fields: must render to an object".into(),
                 ))
             }
         }
+        contact_dates(&mut item, s.templates.dates().zone).map_err(NotRendered::Failed)?;
         if !self.lists.is_empty() {
             item.insert("contactlists".into(), self.render_lists(s)?);
         }
@@ -198,7 +213,22 @@ impl ImportItem {
     fn render_custom_fields(&self, s: &Scope) -> Result<Value, NotRendered> {
         let mut out = Vec::new();
         for (id, node) in &self.custom_fields {
-            match s.tree(node)? {
+            let value = s.tree(node)?;
+            if self.date_custom_fields.contains(id) {
+                match dates::to_smartemailing(&value, s.templates.dates().zone) {
+                    Ok(Some(date)) => out.push(json!({"id": id, "value": date})),
+                    // An empty date is left out: the field keeps what it holds.
+                    Ok(None) => {}
+                    Err(m) => {
+                        return Err(NotRendered::Failed(format!(
+                            "{}.custom_fields.{id}: {m}",
+                            s.action.kind
+                        )))
+                    }
+                }
+                continue;
+            }
+            match value {
                 Value::Array(opts) => {
                     let ids: Option<Vec<i64>> = opts.iter().map(as_id).collect();
                     let ids = ids.ok_or_else(|| {
@@ -215,10 +245,21 @@ impl ImportItem {
     }
 }
 
-fn normalise_date(v: &Value) -> Value {
-    // SmartEmailing wants "YYYY-MM-DD HH:MM:SS"; a bare date gets a zero time.
-    match v {
-        Value::String(s) if s.len() == 10 => Value::String(format!("{s} 00:00:00")),
-        other => other.clone(),
+/// The contact's dates as SmartEmailing takes them: `birthday`, `nameday` and each purpose's
+/// `valid_from`/`valid_to`; an empty one is left out, one that is not a date names its field.
+fn contact_dates(item: &mut Map<String, Value>, zone: chrono_tz::Tz) -> Result<(), String> {
+    let place = "upsert_contact.fields";
+    for key in ["birthday", "nameday"] {
+        dates::convert_field(item, key, zone, place)?;
     }
+    if let Some(Value::Array(purposes)) = item.get_mut("purposes") {
+        for (i, purpose) in purposes.iter_mut().enumerate() {
+            if let Value::Object(p) = purpose {
+                for key in ["valid_from", "valid_to"] {
+                    dates::convert_field(p, key, zone, &format!("{place}.purposes[{i}]"))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,8 @@ use super::settings::SmartEmailingSettings;
 use super::Config;
 use crate::domain::event::EventType;
 use crate::rules::actions::{self, Action, ActionBody, WebhookRequest};
+use crate::rules::dates::AccountDates;
+use crate::rules::references;
 use crate::rules::template::{Piece, TemplateSet};
 use crate::security::outbound::{self, OutboundPolicy};
 use std::collections::HashMap;
@@ -17,7 +19,8 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
     let base = raw.smartemailing.base_url.trim_end_matches('/').to_string();
     check_settings(&raw, &base, &mut problems);
 
-    let mut templates = TemplateSet::new();
+    let dates = account_dates(&raw.smartemailing, &mut problems);
+    let mut templates = TemplateSet::with_dates(dates);
     let mut by_name = HashMap::new();
     let rules: Vec<Rule> = raw
         .rules
@@ -25,7 +28,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
         .enumerate()
         .map(|(i, r)| compile_rule(&mut templates, &mut by_name, i, r, &mut problems))
         .collect();
-    check_chains(&rules, &by_name, &mut problems);
+    check_chains(&rules, &by_name, &raw.unreadable_rules, &mut problems);
     check_webhook_hosts(&rules, &raw.outbound, &mut problems);
     check_signature_names(&raw.inbound.signatures, &mut problems);
     let schedules = compile_schedules(&raw.schedules, &mut problems);
@@ -36,7 +39,10 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
     }
     let secret_names = secret_names(&rules, &raw.inbound.signatures);
     Ok(Config {
-        smartemailing: SmartEmailingSettings { base_url: base },
+        smartemailing: SmartEmailingSettings {
+            base_url: base,
+            ..raw.smartemailing
+        },
         delivery: raw.delivery,
         schedules,
         outbound: raw.outbound,
@@ -68,6 +74,27 @@ fn check_settings(raw: &RawConfig, base: &str, problems: &mut Vec<String>) {
     if delivery.breaker.open_after == 0 {
         problems.push("delivery.breaker.open_after: must be at least 1".into());
     }
+}
+
+/// The account's time zone and date custom fields.
+fn account_dates(se: &SmartEmailingSettings, problems: &mut Vec<String>) -> AccountDates {
+    let mut dates = AccountDates {
+        custom_fields: se.date_custom_fields.clone(),
+        ..AccountDates::default()
+    };
+    match se.time_zone.parse::<chrono_tz::Tz>() {
+        Ok(z) => dates.zone = z,
+        Err(_) => problems.push(format!(
+            "smartemailing.time_zone: `{}` is not an IANA time zone such as Europe/Prague",
+            se.time_zone
+        )),
+    }
+    if let Some(bad) = se.date_custom_fields.iter().find(|id| **id <= 0) {
+        problems.push(format!(
+            "smartemailing.date_custom_fields: `{bad}` is not a custom-field id"
+        ));
+    }
+    dates
 }
 
 /// Compiles rule number `i`, registering its name; its problems are named `rules[name]`.
@@ -194,6 +221,8 @@ fn compile_unless(label: &str, r: &RawRule, u: &RawUnless, problems: &mut Vec<St
             "{label}.unless.match: `{}` must be a dotted path into the event such as data.cart_id or contact.email",
             u.match_path
         ));
+    } else if let Err(m) = references::check_path(&u.match_path) {
+        problems.push(format!("{label}.unless.match: {m}"));
     }
     if r.after.is_none() {
         problems.push(format!(
@@ -206,12 +235,18 @@ fn compile_unless(label: &str, r: &RawRule, u: &RawUnless, problems: &mut Vec<St
     }
 }
 
-/// Every `then` names a rule, and no chain comes back to where it started.
-fn check_chains(rules: &[Rule], by_name: &HashMap<String, usize>, problems: &mut Vec<String>) {
+/// Every `then` names a rule (one that could not be read counts: its problem is reported),
+/// and no chain comes back to where it started.
+fn check_chains(
+    rules: &[Rule],
+    by_name: &HashMap<String, usize>,
+    unreadable: &[String],
+    problems: &mut Vec<String>,
+) {
     for rule in rules {
         for (j, step) in rule.then.iter().enumerate() {
             let next = &step.rule;
-            if !by_name.contains_key(next) {
+            if !by_name.contains_key(next) && !unreadable.contains(next) {
                 problems.push(format!(
                     "rules[{}].then[{j}]: no rule is named `{next}`",
                     rule.name

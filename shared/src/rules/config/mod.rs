@@ -20,7 +20,6 @@ pub use service::{RetentionSettings, ServerSettings};
 pub use settings::{BreakerSettings, DeliverySettings, SmartEmailingSettings};
 
 use crate::rules::template::TemplateSet;
-use raw::RawConfig;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -76,12 +75,16 @@ impl Config {
             source_name: source_name.to_string(),
             problems,
         };
-        // Actions are written `- trigger_event: {...}`: single-key maps, not YAML tags.
-        let raw: RawConfig = serde_yaml::with::singleton_map_recursive::deserialize(
-            serde_yaml::Deserializer::from_str(text),
-        )
-        .map_err(|e| fail(vec![e.to_string()]))?;
-        compile::compile(raw).map_err(fail)
+        let (raw, mut problems) = raw::read(text).map_err(fail)?;
+        // The rules that could be read are checked too: every problem of the file at once.
+        match compile::compile(raw) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(fail(problems)),
+            Err(mut more) => {
+                problems.append(&mut more);
+                Err(fail(problems))
+            }
+        }
     }
 
     /// A rule by name.
@@ -184,6 +187,56 @@ mod tests {
             ["rules[a].actions[0].webhook.auth: secret name `bad name` must be letters, digits, `_` or `-`"],
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn every_problem_of_the_file_is_reported_with_the_rule_named() {
+        let p = problems(
+            "delivery: {timeot: 3s}\nrules:\n  - name: welcome\n    on: [x]\n    actions:\n      - trigger_event: {name: a, colour: red}\n      - add_to_list: {list: 1, status: x}\n    then: [broken]\n  - name: broken\n    on: [x]\n    colour: blue\n    actions: [{add_to_list: {list: 1}}]\n  - name: typo\n    on: [x]\n    actions: [{trigger_event: {name: a, payload: {n: '{{ contact.first_nam }}'}}}]\n",
+        );
+        let all = p.join("\n");
+        assert_eq!(p.len(), 5, "{all}\n{p:?}");
+        assert!(
+            p[0].starts_with("delivery: unknown field `timeot`"),
+            "{all}"
+        );
+        // The whole-file read stopped first here: that problem keeps its line and column.
+        assert!(p[0].ends_with("at line 1 column 12"), "{all}");
+        assert!(
+            p[1].starts_with("rules[welcome].actions[0]: unknown field `colour`"),
+            "{all}"
+        );
+        assert!(
+            p[2].starts_with("rules[welcome].actions[1]: unknown field `status`"),
+            "{all}"
+        );
+        assert!(
+            p[3].starts_with("rules[broken]: unknown field `colour`"),
+            "{all}"
+        );
+        assert!(
+            p[4].starts_with("rules[typo].actions[0].trigger_event.payload.n: `contact.first_nam`: the contact has no field `first_nam`; did you mean first_name?"),
+            "{all}"
+        );
+        // `then: [broken]` names a rule that exists, though it could not be read.
+        assert!(!all.contains("no rule is named"), "{all}");
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_keeps_its_line_and_column() {
+        let p = problems("rules:\n  - name: a\n    on: [x\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("line"), "{p:?}");
+    }
+
+    #[test]
+    fn an_unless_path_into_the_contact_is_checked() {
+        let p = problems("rules:\n  - {name: a, on: [x], after: 1h, unless: {event: y, match: contact.emial}, actions: [{add_to_list: {list: 1}}]}\n");
+        assert!(
+            p[0].starts_with("rules[a].unless.match: `contact.emial`"),
+            "{p:?}"
+        );
+        assert!(p[0].contains("did you mean email?"), "{p:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! locally and on AWS).
 
 use crate::domain::duration::HumanDuration;
+use crate::domain::retention::Retention;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -98,6 +99,17 @@ fn default_deliveries() -> HumanDuration {
 }
 fn default_dead() -> HumanDuration {
     HumanDuration(Duration::from_secs(30 * 24 * 3600))
+}
+
+impl RetentionSettings {
+    /// The windows as the stores use them.
+    pub fn windows(&self) -> Retention {
+        Retention {
+            events: self.events.get(),
+            deliveries: self.deliveries.get(),
+            dead: self.dead.get(),
+        }
+    }
 }
 
 /// Checks the settings' values; each problem names its field.

@@ -5,21 +5,33 @@ use crate::domain::smartemailing;
 use serde::Deserialize;
 use std::time::Duration;
 
-/// Where SmartEmailing is.
+/// Where SmartEmailing is, and how its account takes dates.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmartEmailingSettings {
     /// The API base URL, without a trailing slash.
     #[serde(default = "default_base_url")]
     pub base_url: String,
+    /// The account's IANA time zone (dates are sent in it); checked at load.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// Ids of the custom fields that hold dates (sent as `YYYY-MM-DD HH:MM:SS`).
+    #[serde(default)]
+    pub date_custom_fields: Vec<i64>,
 }
 
 impl Default for SmartEmailingSettings {
     fn default() -> Self {
         Self {
             base_url: default_base_url(),
+            time_zone: default_time_zone(),
+            date_custom_fields: Vec::new(),
         }
     }
+}
+
+fn default_time_zone() -> String {
+    crate::rules::dates::DEFAULT_TIME_ZONE.name().to_string()
 }
 
 fn default_base_url() -> String {

@@ -1,0 +1,388 @@
+//! Each handler fed the fixtures in `events/aws/` and called directly, on the memory adapters:
+//! no AWS, no emulator. (The same handlers on the emulator: `handlers.rs`, `pipeline.rs`.)
+
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use relay_lambda::dispatch::DispatchHandler;
+use relay_lambda::render::RenderHandler;
+use relay_lambda::scheduler::{RunReport, SchedulerHandler};
+use relay_lambda::{inbound, Context, Memory};
+use relay_shared::adapters::memory::Part;
+use relay_shared::domain::secret::{SeCredentials, Secret, SecretBundle};
+use relay_shared::ports::clock::ManualClock;
+use relay_shared::ports::queue::{Message, QueueName};
+use relay_shared::ports::{
+    ContactStore, DeliveryStore, EventStore, HttpRequest, HttpResponse, Queue, Transport,
+    TransportError,
+};
+use relay_shared::rules::config::Config;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::ServiceExt;
+
+const RULES: &str = include_str!("fixture-rules.yaml");
+
+/// The fixtures' time: 2026-11-26 10:00:01 UTC, a second after their events occurred.
+const FIXTURE_MS: i64 = 1_795_687_201_000;
+
+/// The id of the render fixture's readable job, and of its unreadable one.
+const READABLE: &str = "0b7a5f2c-1111-4e2b-9c1d-000000000000";
+const UNREADABLE: &str = "0b7a5f2c-1111-4e2b-9c1d-000000000001";
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/../../events/aws/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn sqs_fixture(name: &str) -> SqsEvent {
+    serde_json::from_str(&fixture(name)).expect("an SQS event")
+}
+
+/// The inbound key of the fixtures; SmartEmailing's credentials only when given.
+fn secrets(smartemailing: bool) -> SecretBundle {
+    SecretBundle {
+        smartemailing: smartemailing.then(|| SeCredentials {
+            username: "relay@example.com".into(),
+            api_key: Secret::new("se-key"),
+        }),
+        api_keys: vec![Secret::new("fixture-api-key")],
+        webhook_tokens: Vec::new(),
+        named: Default::default(),
+    }
+}
+
+fn context(secrets: SecretBundle) -> Context<Memory> {
+    let config = Config::parse(RULES, "test rules").expect("valid test rules");
+    Context::in_memory(config, secrets, Arc::new(ManualClock::at_ms(FIXTURE_MS)))
+}
+
+/// Calls the inbound router with an API Gateway fixture: the status and the JSON answer.
+async fn call(ctx: &Context<Memory>, fixture_name: &str) -> (u16, Value) {
+    let request = lambda_http::request::from_str(&fixture(fixture_name)).expect("a request");
+    let request = request.map(|b| axum::body::Body::from(b.to_vec()));
+    let response = inbound::router(ctx)
+        .oneshot(request)
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await;
+    let json = serde_json::from_slice(&body.expect("a body")).unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// What Lambda's SQS event source does: takes a queue's visible messages as one event.
+async fn take(ctx: &Context<Memory>, queue: QueueName) -> (SqsEvent, Vec<Message>) {
+    let messages = ctx
+        .ports
+        .queue
+        .receive(queue, 10, Duration::from_secs(30))
+        .await
+        .expect("a batch");
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let count = m.receive_count.to_string();
+            json!({"messageId": m.handle, "receiptHandle": m.handle, "body": m.body,
+                   "attributes": {"ApproximateReceiveCount": count}})
+        })
+        .collect();
+    let event = serde_json::from_value(json!({ "Records": records })).expect("an SQS event");
+    (event, messages)
+}
+
+/// What the event source does after the handler: deletes the messages not reported failed.
+async fn settle(ctx: &Context<Memory>, queue: QueueName, batch: &[Message], r: &SqsBatchResponse) {
+    let done: Vec<String> = batch
+        .iter()
+        .filter(|m| !failed(r).contains(&m.handle.as_str()))
+        .map(|m| m.handle.clone())
+        .collect();
+    ctx.ports.queue.ack(queue, &done).await.expect("acked");
+}
+
+fn failed(response: &SqsBatchResponse) -> Vec<&str> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect()
+}
+
+/// The render fixture with a third job: another readable event.
+fn render_batch_of_three() -> SqsEvent {
+    let mut batch: Value = serde_json::from_str(&fixture("sqs-render-batch.json")).unwrap();
+    let records = batch["Records"].as_array_mut().unwrap();
+    let mut third = records[0].clone();
+    let body = third["body"]
+        .as_str()
+        .unwrap()
+        .replace("evt-aws-0001", "evt-aws-0002");
+    third["body"] = Value::String(body);
+    third["messageId"] = json!("0b7a5f2c-1111-4e2b-9c1d-000000000002");
+    records.push(third);
+    serde_json::from_value(batch).unwrap()
+}
+
+/// A SmartEmailing that answers every call with `status`, and counts the calls.
+struct Answering {
+    status: u16,
+    calls: Mutex<usize>,
+}
+
+#[async_trait]
+impl Transport for Answering {
+    async fn send(&self, _request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        *self.calls.lock().unwrap() += 1;
+        let body = json!({"status": "error", "message": "refused by the test"});
+        Ok(HttpResponse {
+            status: self.status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn inbound_accepts_an_api_gateway_request_once() {
+    let ctx = context(secrets(false));
+    let (status, body) = call(&ctx, "apigw-post-event.json").await;
+    assert_eq!(
+        (status, &body["results"][0]["status"]),
+        (202, &json!("accepted"))
+    );
+    let (status, body) = call(&ctx, "apigw-post-event.json").await;
+    assert_eq!(
+        (status, &body["results"][0]["status"]),
+        (202, &json!("duplicate"))
+    );
+
+    let record = ctx.ports.store.get("evt-aws-0001").await.unwrap();
+    assert_eq!(record.expect("stored").status.as_str(), "COMPLETED");
+    assert_eq!(
+        ctx.ports.store.queue_depth(QueueName::Render),
+        1,
+        "one job, not two"
+    );
+    let (status, body) = call(&ctx, "apigw-get-event.json").await;
+    assert_eq!((status, &body["type"]), (200, &json!("contact.created")));
+}
+
+#[tokio::test]
+async fn inbound_takes_smartemailing_webhooks_and_refuses_unknown_keys() {
+    let ctx = context(secrets(false));
+    let (status, body) = call(&ctx, "apigw-smartemailing-webhook.json").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(ctx.ports.store.queue_depth(QueueName::Render), 1);
+
+    let other = SecretBundle {
+        api_keys: vec![Secret::new("another-key")],
+        ..SecretBundle::default()
+    };
+    let ctx = context(other);
+    let (status, body) = call(&ctx, "apigw-post-event.json").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(ctx.ports.store.queue_depth(QueueName::Render), 0);
+}
+
+#[tokio::test]
+async fn render_stores_deliveries_and_dead_letters_what_can_never_render() {
+    let ctx = context(secrets(false));
+    let response = RenderHandler::new(&ctx)
+        .handle(sqs_fixture("sqs-render-batch.json"))
+        .await;
+    assert!(failed(&response).is_empty(), "{:?}", failed(&response));
+
+    let deliveries = ctx.ports.store.for_event("evt-aws-0001").await.unwrap();
+    let statuses: Vec<(&str, &str)> = deliveries
+        .iter()
+        .map(|d| (d.rule.as_str(), d.status.as_str()))
+        .collect();
+    assert_eq!(statuses, [("broken", "dead"), ("welcome", "pending")]);
+    assert_eq!(ctx.ports.store.queue_depth(QueueName::Dispatch), 1);
+
+    let letters = ctx.ports.store.dead_letters(QueueName::Render);
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters[0].reason.contains("rule `broken`"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(letters[1].body, "{not a render job", "kept as it came");
+}
+
+#[tokio::test]
+async fn render_hands_the_whole_batch_to_one_pass() {
+    let ctx = context(secrets(false));
+    let response = RenderHandler::new(&ctx)
+        .handle(render_batch_of_three())
+        .await;
+    assert!(failed(&response).is_empty(), "{:?}", failed(&response));
+
+    let writes = ctx.ports.store.writes();
+    let inserts = writes.iter().filter(|w| **w == "insert_new").count();
+    assert_eq!(
+        inserts, 1,
+        "one write for the deliveries of all jobs: {writes:?}"
+    );
+    for event in ["evt-aws-0001", "evt-aws-0002"] {
+        let stored = ctx.ports.store.for_event(event).await.unwrap();
+        assert_eq!(stored.len(), 2, "{event}: {stored:?}");
+    }
+    let letters = ctx.ports.store.dead_letters(QueueName::Render);
+    let unreadable: Vec<_> = letters
+        .iter()
+        .filter(|l| l.reason.contains("unreadable"))
+        .collect();
+    assert_eq!(unreadable.len(), 1, "{letters:?}");
+    assert_eq!(writes.iter().filter(|w| **w == "dead_letter").count(), 1);
+}
+
+#[tokio::test]
+async fn render_reports_a_failed_store_as_a_batch_item_failure() {
+    let ctx = context(secrets(false));
+    ctx.ports.store.set_down(Part::Store, true);
+    let response = RenderHandler::new(&ctx)
+        .handle(sqs_fixture("sqs-render-batch.json"))
+        .await;
+    // Only the readable job is worth another try; the poison one went to the dead letters.
+    assert_eq!(failed(&response), [READABLE]);
+    let letters = ctx.ports.store.dead_letters(QueueName::Render);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].body, "{not a render job");
+}
+
+#[tokio::test]
+async fn render_keeps_a_job_its_dead_letter_queue_refused() {
+    let ctx = context(secrets(false));
+    ctx.ports.store.set_down(Part::DeadLetters, true);
+    let response = RenderHandler::new(&ctx)
+        .handle(sqs_fixture("sqs-render-batch.json"))
+        .await;
+    // Both jobs have something to dead-letter (the broken rule, the unreadable job).
+    assert_eq!(failed(&response), [READABLE, UNREADABLE]);
+    let stored = ctx.ports.store.for_event("evt-aws-0001").await.unwrap();
+    assert_eq!(stored.len(), 2, "what did render is stored all the same");
+}
+
+#[tokio::test]
+async fn dispatch_drops_a_job_for_an_unknown_delivery() {
+    let ctx = context(secrets(false));
+    let transport = Arc::new(Answering {
+        status: 200,
+        calls: Mutex::new(0),
+    });
+    let handler = DispatchHandler::new(&ctx, transport.clone(), Some(7));
+    let response = handler.handle(sqs_fixture("sqs-dispatch-batch.json")).await;
+    assert!(failed(&response).is_empty());
+    assert_eq!(*transport.calls.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn dispatch_keeps_the_whole_batch_when_the_store_is_down() {
+    let ctx = context(secrets(false));
+    ctx.ports.store.set_down(Part::Store, true);
+    let transport = Arc::new(Answering {
+        status: 200,
+        calls: Mutex::new(0),
+    });
+    let handler = DispatchHandler::new(&ctx, transport, Some(7));
+    let response = handler.handle(sqs_fixture("sqs-dispatch-batch.json")).await;
+    assert_eq!(failed(&response), [READABLE]);
+}
+
+#[tokio::test]
+async fn an_event_goes_from_the_api_to_a_dry_run_through_the_three_handlers() {
+    let ctx = context(secrets(false));
+    let (status, _) = call(&ctx, "apigw-post-event.json").await;
+    assert_eq!(status, 202);
+
+    let (event, batch) = take(&ctx, QueueName::Render).await;
+    let response = RenderHandler::new(&ctx).handle(event).await;
+    settle(&ctx, QueueName::Render, &batch, &response).await;
+    assert_eq!(ctx.ports.store.queue_depth(QueueName::Render), 0);
+
+    let transport = Arc::new(Answering {
+        status: 200,
+        calls: Mutex::new(0),
+    });
+    let dispatch = DispatchHandler::new(&ctx, transport.clone(), Some(7));
+    let (event, batch) = take(&ctx, QueueName::Dispatch).await;
+    assert_eq!(batch.len(), 1);
+    let response = dispatch.handle(event).await;
+    assert!(failed(&response).is_empty());
+    settle(&ctx, QueueName::Dispatch, &batch, &response).await;
+
+    let deliveries = ctx.ports.store.for_event("evt-aws-0001").await.unwrap();
+    let welcome: Vec<&str> = deliveries
+        .iter()
+        .filter(|d| d.rule == "welcome")
+        .map(|d| d.status.as_str())
+        .collect();
+    assert_eq!(welcome, ["dry_run"], "no credentials: nothing is sent");
+    assert_eq!(*transport.calls.lock().unwrap(), 0);
+    assert_eq!(ctx.ports.store.queue_depth(QueueName::Dispatch), 0);
+}
+
+#[tokio::test]
+async fn dispatch_dead_letters_a_delivery_its_target_refuses() {
+    let ctx = context(secrets(true));
+    RenderHandler::new(&ctx)
+        .handle(sqs_fixture("sqs-render-batch.json"))
+        .await;
+    let transport = Arc::new(Answering {
+        status: 422,
+        calls: Mutex::new(0),
+    });
+    let dispatch = DispatchHandler::new(&ctx, transport.clone(), Some(7));
+    let (event, _) = take(&ctx, QueueName::Dispatch).await;
+    let response = dispatch.handle(event).await;
+    assert!(
+        failed(&response).is_empty(),
+        "a dead delivery is not retried"
+    );
+
+    assert_eq!(*transport.calls.lock().unwrap(), 1);
+    let letters = ctx.ports.store.dead_letters(QueueName::Dispatch);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: Value = serde_json::from_str(&letters[0].body).unwrap();
+    assert_eq!(
+        (&letter["rule"], &letter["event_id"]),
+        (&json!("welcome"), &json!("evt-aws-0001"))
+    );
+}
+
+#[tokio::test]
+async fn the_daily_run_submits_todays_birthdays_once() {
+    let ctx = context(secrets(false));
+    let day = |d| chrono::NaiveDate::from_ymd_opt(1990, 11, d).unwrap();
+    ctx.ports
+        .store
+        .remember_birthday("jan@example.com", day(26))
+        .await
+        .unwrap();
+    ctx.ports
+        .store
+        .remember_birthday("eva@example.com", day(27))
+        .await
+        .unwrap();
+    let handler = SchedulerHandler::new(&ctx);
+
+    let run: Value = serde_json::from_str(&fixture("scheduler-birthdays.json")).unwrap();
+    let RunReport::Birthdays(r) = handler.handle(run).await.unwrap();
+    assert_eq!((r.found, r.accepted, r.duplicates), (1, 1, 0));
+    // EventBridge retries a run, or the classic rule fires too: the second finds it done.
+    let classic: Value =
+        serde_json::from_str(&fixture("eventbridge-scheduled-event.json")).unwrap();
+    let RunReport::Birthdays(r) = handler.handle(classic).await.unwrap();
+    assert_eq!((r.accepted, r.duplicates), (0, 1));
+
+    let (_, jobs) = take(&ctx, QueueName::Render).await;
+    assert_eq!(jobs.len(), 1);
+    let job: Value = serde_json::from_str(&jobs[0].body).unwrap();
+    assert_eq!(job["event"]["type"], "contact.birthday");
+    assert!(
+        handler.handle(json!({"job": "due-timers"})).await.is_err(),
+        "no minute run"
+    );
+}

@@ -1,0 +1,258 @@
+//! Sending deliveries, in phases as Svix's worker does: `triage` (which messages to send,
+//! drop or hold), `send` (the calls, with split-and-retry of bulk calls), `settle` (each
+//! delivery records its outcome), `chain` (the `then` steps of finished rules) and the ack.
+//! A pass is `Dispatcher::handle`: those phases in order.
+
+mod chain;
+mod send;
+mod settle;
+mod triage;
+
+#[cfg(all(test, feature = "local"))]
+mod tests;
+
+/// Kept here so `relay replay` and the tests find it where they always did.
+pub use crate::pipeline::replay::replay;
+pub use send::target_of;
+pub use triage::QueueDelays;
+
+use crate::domain::delivery::{DeliveryId, DeliveryRecord};
+use crate::policy::breaker::{Breakers, Pacer};
+use crate::policy::retry::RetryPolicy;
+use crate::ports::clock::Clock;
+use crate::ports::queue::{Message, QueueName};
+use crate::ports::{
+    Credentials, DeliveryStore, EventStore, Queue, QueueError, SecretError, StoreError, Transport,
+};
+use crate::rules::config::Config;
+use chain::ChainFrom;
+use rand::{rngs::StdRng, SeedableRng};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why a dispatch pass stopped; its messages stay in the queue and are seen again.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The queue refused the chain steps (the only queue write a pass cannot do without).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The SmartEmailing credentials could not be read.
+    #[error(transparent)]
+    Secrets(#[from] SecretError),
+    /// A job could not be encoded.
+    #[error("cannot encode a job: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Counts of what a dispatch pass did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DispatchReport {
+    /// Deliveries accepted by their target.
+    pub sent: usize,
+    /// Deliveries recorded as dry-run.
+    pub dry_run: usize,
+    /// Deliveries scheduled for another attempt.
+    pub retrying: usize,
+    /// Deliveries given up.
+    pub dead: usize,
+    /// Calls made to targets.
+    pub calls: usize,
+    /// Messages dropped as duplicates of finished or scheduled deliveries.
+    pub duplicates: usize,
+    /// Handles of the messages scheduled for a retry (a Lambda reports them as batch failures).
+    pub retried_handles: Vec<String>,
+    /// Deliveries that became dead in this pass.
+    pub dead_ids: Vec<DeliveryId>,
+    /// Deliveries held back, without spending an attempt, because their target's circuit is
+    /// open or they are not due yet.
+    pub waiting: usize,
+}
+
+/// What a dispatch pass works with: the config and the ports.
+#[derive(Clone)]
+pub struct DispatchContext {
+    /// The config (rules, delivery settings, SmartEmailing's base URL, the outbound policy).
+    pub config: Arc<Config>,
+    /// The events, read when a chain step is rendered.
+    pub events: Arc<dyn EventStore>,
+    /// The deliveries.
+    pub deliveries: Arc<dyn DeliveryStore>,
+    /// The render and dispatch queues.
+    pub queue: Arc<dyn Queue>,
+    /// SmartEmailing's credentials and the webhook secrets.
+    pub credentials: Arc<dyn Credentials>,
+    /// Outgoing HTTP.
+    pub transport: Arc<dyn Transport>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The dispatch step.
+pub struct Dispatcher {
+    ctx: DispatchContext,
+    retry: RetryPolicy,
+    rng: Mutex<StdRng>,
+    breakers: Breakers,
+    pacer: Pacer,
+    delays: QueueDelays,
+}
+
+/// A message and the delivery it names.
+struct Work {
+    message: Message,
+    record: DeliveryRecord,
+}
+
+/// What a pass has done so far: the report, the messages to delete, the chains to start.
+#[derive(Default)]
+struct Pass {
+    report: DispatchReport,
+    to_ack: Vec<String>,
+    chains: Vec<ChainFrom>,
+}
+
+impl Pass {
+    /// The message is handled: delete it at the end of the pass.
+    fn done(&mut self, message: Message) {
+        self.to_ack.push(message.handle);
+    }
+}
+
+impl Dispatcher {
+    /// Wires the step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        events: Arc<dyn EventStore>,
+        deliveries: Arc<dyn DeliveryStore>,
+        queue: Arc<dyn Queue>,
+        credentials: Arc<dyn Credentials>,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+        seed: Option<u64>,
+    ) -> Self {
+        let ctx = DispatchContext {
+            config,
+            events,
+            deliveries,
+            queue,
+            credentials,
+            transport,
+            clock,
+        };
+        Self::from_context(ctx, seed)
+    }
+
+    /// The step over `ctx`; `seed` fixes the jitter (tests), `None` draws it at random.
+    pub fn from_context(ctx: DispatchContext, seed: Option<u64>) -> Self {
+        let rng = match seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_entropy(),
+        };
+        let delivery = &ctx.config.delivery;
+        let breakers = Breakers::new(
+            delivery.breaker.open_after,
+            delivery.breaker.probe_after.get(),
+        );
+        let pacer = Pacer::new(delivery.max_requests_per_second);
+        let retry = RetryPolicy::new(
+            delivery.retry_schedule.iter().map(|d| d.get()).collect(),
+            delivery.min_overload_delay.get(),
+        );
+        Self {
+            ctx,
+            retry,
+            rng: Mutex::new(rng),
+            breakers,
+            pacer,
+            delays: QueueDelays::Full,
+        }
+    }
+
+    /// Says how long the dispatch queue can hide a message, which decides what a retry's
+    /// message read before it is due is (see `QueueDelays`). `Full` unless told.
+    pub fn with_queue_delays(mut self, delays: QueueDelays) -> Self {
+        self.delays = delays;
+        self
+    }
+
+    /// How long a received batch stays hidden from other workers: long enough for every
+    /// call of the batch, split halves included.
+    pub fn visibility(&self) -> Duration {
+        self.ctx.config.delivery.timeout.get() * 4 + Duration::from_secs(30)
+    }
+
+    /// Handles one batch of dispatch messages.
+    pub async fn handle(&self, messages: Vec<Message>) -> Result<DispatchReport, DispatchError> {
+        let mut pass = Pass::default();
+        let work = self.triage(messages, &mut pass).await?;
+        if self.ctx.credentials.smartemailing().await?.is_none() {
+            self.settle_dry_run(work, &mut pass).await?;
+        } else {
+            for group in triage::by_bulk_key(work) {
+                self.dispatch_group(group, &mut pass).await?;
+            }
+        }
+        self.enqueue_chains(&pass.chains).await?;
+        self.ack(&pass.to_ack).await;
+        Ok(pass.report)
+    }
+
+    /// Sends a group of deliveries that may share calls, one call at a time as the target's
+    /// breaker allows, recording each call's outcomes right after its answer.
+    async fn dispatch_group(
+        &self,
+        mut group: triage::Group,
+        pass: &mut Pass,
+    ) -> Result<(), DispatchError> {
+        while let Some(chunk) = self.next_chunk(&mut group, pass).await? {
+            let records: Vec<&DeliveryRecord> = chunk.iter().map(|w| &w.record).collect();
+            let outcomes = self.send(&records, &mut pass.report).await;
+            self.settle(chunk, outcomes, pass).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the messages the pass handled. A failure is harmless: they are seen again and
+    /// dropped as duplicates.
+    async fn ack(&self, handles: &[String]) {
+        if handles.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ctx.queue.ack(QueueName::Dispatch, handles).await {
+            tracing::warn!(error = %e, "could not delete handled messages; they will be seen again and dropped");
+        }
+    }
+
+    /// Puts messages back in the dispatch queue for their delays. A failure is logged, not
+    /// returned: the queue shows them again after the pass's visibility timeout anyway.
+    async fn requeue(&self, items: &[(Message, Duration)], what: &str) {
+        if items.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .ctx
+            .queue
+            .requeue_many(QueueName::Dispatch, items)
+            .await
+        {
+            tracing::error!(error = %e, "could not {what}; the queue will redeliver them");
+        }
+    }
+
+    /// A number in `range` from the pass's generator (seeded in tests).
+    fn draw<T, R>(&self, range: R, otherwise: T) -> T
+    where
+        T: rand::distributions::uniform::SampleUniform,
+        R: rand::distributions::uniform::SampleRange<T>,
+    {
+        use rand::Rng;
+        self.rng
+            .lock()
+            .map(|mut r| r.gen_range(range))
+            .unwrap_or(otherwise)
+    }
+}

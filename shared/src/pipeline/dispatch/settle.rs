@@ -1,0 +1,122 @@
+//! Settle: each delivery of a call records its outcome (`DeliveryRecord::record`), with the
+//! retry policy saying when a retry is due; the records are written in one go, right after
+//! the answer, and the messages are requeued (retries) or marked for deletion.
+
+use super::chain::ChainFrom;
+use super::{DispatchError, DispatchReport, Dispatcher, Pass, Work};
+use crate::domain::delivery::{DeliveryRecord, DeliveryStatus, Outcome};
+use crate::ports::queue::Message;
+use std::time::Duration;
+
+/// Counts a settled delivery in the report and logs what became of it.
+fn tally(
+    report: &mut DispatchReport,
+    record: &DeliveryRecord,
+    outcome: &Outcome,
+    retry_in: Option<Duration>,
+) {
+    let (reason, exhausted) = match outcome {
+        Outcome::Success { .. } => ("", false),
+        Outcome::Retry { reason, .. } => (reason.as_str(), true),
+        Outcome::Permanent { reason, .. } => (reason.as_str(), false),
+    };
+    match (record.status, retry_in) {
+        (DeliveryStatus::Sent, _) => {
+            report.sent += 1;
+            tracing::info!(delivery = %record.id, rule = %record.rule, attempts = record.attempts, "sent");
+        }
+        (DeliveryStatus::Retrying, Some(delay)) => {
+            report.retrying += 1;
+            tracing::info!(delivery = %record.id, attempts = record.attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "retrying");
+        }
+        _ => {
+            report.dead += 1;
+            report.dead_ids.push(record.id.clone());
+            if exhausted {
+                tracing::warn!(delivery = %record.id, rule = %record.rule, reason = %reason, "dead: retries exhausted");
+            } else {
+                tracing::warn!(delivery = %record.id, rule = %record.rule, reason = %reason, "dead: permanent failure");
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// When a delivery that just failed `outcome` is tried again; `None` when it is not
+    /// (sent, dead, or its retries spent).
+    fn retry_in(&self, record: &DeliveryRecord, outcome: &Outcome) -> Option<Duration> {
+        let Outcome::Retry {
+            retry_after,
+            overload,
+            ..
+        } = outcome
+        else {
+            return None;
+        };
+        self.retry
+            .next_delay(record.attempts + 1, *retry_after, *overload, || {
+                self.draw(-0.2..=0.2, 0.0)
+            })
+    }
+
+    /// The settle phase for one call: records every outcome in one write, right after the
+    /// answer (this is the whole window in which a crash could cause a duplicate), then
+    /// requeues the retries.
+    pub(super) async fn settle(
+        &self,
+        chunk: Vec<Work>,
+        outcomes: Vec<Outcome>,
+        pass: &mut Pass,
+    ) -> Result<(), DispatchError> {
+        let now = self.ctx.clock.now();
+        let mut settled: Vec<(Work, Option<Duration>)> = Vec::with_capacity(chunk.len());
+        for (mut w, outcome) in chunk.into_iter().zip(outcomes) {
+            let retry_in = self.retry_in(&w.record, &outcome);
+            w.record.record(&outcome, now, retry_in);
+            tally(&mut pass.report, &w.record, &outcome, retry_in);
+            settled.push((w, retry_in));
+        }
+        let records: Vec<DeliveryRecord> = settled.iter().map(|(w, _)| w.record.clone()).collect();
+        self.ctx.deliveries.save_many(&records).await?;
+        let retries: Vec<(Message, Duration)> = settled
+            .iter()
+            .filter_map(|(w, r)| r.map(|d| (w.message.clone(), d)))
+            .collect();
+        self.requeue(&retries, "schedule retries").await;
+        for (w, retry_in) in settled {
+            if retry_in.is_some() {
+                pass.report.retried_handles.push(w.message.handle);
+                continue;
+            }
+            if w.record.status.is_success() {
+                pass.chains.push(ChainFrom::of(&w.record));
+            }
+            pass.done(w.message);
+        }
+        Ok(())
+    }
+
+    /// Settles the whole batch as dry-run: with no SmartEmailing credentials nothing is sent,
+    /// and chains go on as if it had been.
+    pub(super) async fn settle_dry_run(
+        &self,
+        work: Vec<Work>,
+        pass: &mut Pass,
+    ) -> Result<(), DispatchError> {
+        let records: Vec<DeliveryRecord> = work
+            .iter()
+            .map(|w| {
+                let mut r = w.record.clone();
+                r.record_dry_run();
+                r
+            })
+            .collect();
+        self.ctx.deliveries.save_many(&records).await?;
+        for w in work {
+            pass.report.dry_run += 1;
+            pass.chains.push(ChainFrom::of(&w.record));
+            pass.done(w.message);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! Triage: which messages of a batch are sent, dropped or held. Unreadable messages and
+//! unknown deliveries are dropped; finished deliveries are dropped (their chains are
+//! re-checked); a message read before its delivery is due is held or dropped by one rule
+//! (`triage`, after `QueueDelays`); the rest are grouped by bulk call. The breaker gates,
+//! call by call, how much of a group goes.
+
+use super::chain::ChainFrom;
+use super::send::target_of;
+use super::{DispatchError, Dispatcher, Pass, Work};
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use crate::policy::breaker::Gate;
+use crate::ports::queue::{DispatchJob, Message};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// A message read less than this before its delivery is due is sent now.
+const EARLY_SLACK_MS: i64 = 1000;
+
+/// How long the dispatch queue can hide a message. It decides what a retry's message read
+/// before the retry is due is, and so what the one rule for early messages does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueDelays {
+    /// The queue hides a message as long as asked (SQLite, `relay serve`): a retry's own
+    /// message never comes early, so an early one is a copy (a replay, a redelivery) and is
+    /// dropped; the scheduled one is still waiting.
+    #[default]
+    Full,
+    /// The queue caps how long it hides a message (SQS: 12 hours): a retry due later comes
+    /// back early and is the scheduled message itself, so it is hidden again until due.
+    Capped,
+}
+
+/// What triage does with one message whose delivery is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Triage {
+    /// Send it now.
+    Send,
+    /// Finished already: drop the message, never send twice.
+    Finished,
+    /// A copy of a message still waiting in the queue: drop it.
+    EarlyCopy,
+    /// Not due yet and this is its message: hide it again for this long.
+    Hold(Duration),
+}
+
+/// The one rule for a message read before its delivery is due: a timer (a scheduled
+/// delivery) has one message, so it is held again, whatever the queue; a retry's message
+/// is held too where the queue caps its delays, and is a copy (dropped) where it does not.
+fn triage(record: &DeliveryRecord, now_ms: i64, delays: QueueDelays) -> Triage {
+    if record.status.is_final() {
+        return Triage::Finished;
+    }
+    let Some(due) = record
+        .next_attempt_at
+        .filter(|t| *t > now_ms + EARLY_SLACK_MS)
+    else {
+        return Triage::Send;
+    };
+    let hold = Triage::Hold(Duration::from_millis((due - now_ms) as u64));
+    match (record.status, delays) {
+        (DeliveryStatus::Scheduled, _) | (DeliveryStatus::Retrying, QueueDelays::Capped) => hold,
+        (DeliveryStatus::Retrying, QueueDelays::Full) => Triage::EarlyCopy,
+        // A pending delivery has no due time of its own to wait for.
+        _ => Triage::Send,
+    }
+}
+
+/// Deliveries that may share calls: one bulk key, one target, one batch limit.
+pub(super) struct Group {
+    /// The breaker and pacing target.
+    target: String,
+    /// How many deliveries one call may carry.
+    limit: usize,
+    /// The deliveries not sent yet, in the order they arrived.
+    rest: Vec<Work>,
+}
+
+/// Groups the work by bulk key, keeping the order deliveries arrived in.
+pub(super) fn by_bulk_key(work: Vec<Work>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for w in work {
+        let key = match &w.record.request {
+            Some(r) => r.bulk_key(&w.record.id),
+            None => format!("none:{}", w.record.id),
+        };
+        match index.get(&key) {
+            Some(&i) => groups[i].rest.push(w),
+            None => {
+                index.insert(key, groups.len());
+                let (target, limit) = match &w.record.request {
+                    Some(r @ Prepared::SmartEmailing { endpoint, .. }) => {
+                        (target_of(r), endpoint.batch_limit())
+                    }
+                    Some(r) => (target_of(r), 1),
+                    None => (String::new(), 1),
+                };
+                groups.push(Group {
+                    target,
+                    limit,
+                    rest: vec![w],
+                });
+            }
+        }
+    }
+    groups
+}
+
+/// Reads the jobs; an unreadable message is dropped.
+fn decode(messages: Vec<Message>, pass: &mut Pass) -> Vec<(Message, DeliveryId)> {
+    let mut jobs = Vec::with_capacity(messages.len());
+    for m in messages {
+        match serde_json::from_str::<DispatchJob>(&m.body) {
+            Ok(job) => jobs.push((m, job.delivery)),
+            Err(e) => {
+                tracing::error!(error = %e, "dropping an unreadable dispatch message");
+                pass.done(m);
+            }
+        }
+    }
+    jobs
+}
+
+impl Dispatcher {
+    /// The triage phase: loads the batch's deliveries and returns those to send now.
+    pub(super) async fn triage(
+        &self,
+        messages: Vec<Message>,
+        pass: &mut Pass,
+    ) -> Result<Vec<Work>, DispatchError> {
+        let jobs = decode(messages, pass);
+        let ids: Vec<DeliveryId> = jobs.iter().map(|(_, id)| id.clone()).collect();
+        let mut records: HashMap<DeliveryId, DeliveryRecord> = self
+            .ctx
+            .deliveries
+            .get_many(&ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let now_ms = self.ctx.clock.now_ms();
+        let mut work = Vec::new();
+        let mut held = Vec::new();
+        let mut seen = HashSet::new();
+        for (message, id) in jobs {
+            let Some(record) = records.remove(&id) else {
+                if seen.contains(&id) {
+                    pass.report.duplicates += 1;
+                } else {
+                    tracing::warn!(delivery = %id, "dropping a message for an unknown delivery");
+                }
+                pass.done(message);
+                continue;
+            };
+            seen.insert(id);
+            match triage(&record, now_ms, self.delays) {
+                Triage::Send => work.push(Work { message, record }),
+                Triage::Finished => {
+                    // A queue redelivery or a repeat. Never send twice, but make sure the
+                    // chain it may have started was enqueued.
+                    pass.report.duplicates += 1;
+                    if record.status.is_success() {
+                        pass.chains.push(ChainFrom::of(&record));
+                    }
+                    pass.done(message);
+                }
+                Triage::EarlyCopy => {
+                    pass.report.duplicates += 1;
+                    pass.done(message);
+                }
+                Triage::Hold(delay) => held.push((message, delay)),
+            }
+        }
+        self.hold_messages(held, pass).await;
+        Ok(work)
+    }
+
+    /// The next call's share of a group, as the target's breaker allows: up to the batch
+    /// limit, one probe delivery while half open, or none while open (the rest wait, without
+    /// spending an attempt, until it half-opens).
+    pub(super) async fn next_chunk(
+        &self,
+        group: &mut Group,
+        pass: &mut Pass,
+    ) -> Result<Option<Vec<Work>>, DispatchError> {
+        if group.rest.is_empty() {
+            return Ok(None);
+        }
+        let now_ms = self.ctx.clock.now_ms();
+        let take = match self.breakers.gate(&group.target, now_ms) {
+            Gate::Closed => group.limit,
+            Gate::HalfOpen => 1,
+            Gate::Open { until_ms } => {
+                self.hold_open(std::mem::take(&mut group.rest), until_ms, now_ms, pass)
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let tail = group.rest.split_off(group.rest.len().min(take));
+        Ok(Some(std::mem::replace(&mut group.rest, tail)))
+    }
+
+    /// Holds deliveries back while their target's circuit is open: each is due a little
+    /// after the circuit half-opens, so they do not all return in the same instant.
+    async fn hold_open(
+        &self,
+        mut work: Vec<Work>,
+        until_ms: i64,
+        now_ms: i64,
+        pass: &mut Pass,
+    ) -> Result<(), DispatchError> {
+        let mut held = Vec::with_capacity(work.len());
+        for w in &mut work {
+            let due = until_ms + self.draw(0..1000, 0);
+            w.record.next_attempt_at = Some(due);
+            held.push(Duration::from_millis((due - now_ms).max(0) as u64));
+        }
+        let records: Vec<DeliveryRecord> = work.iter().map(|w| w.record.clone()).collect();
+        self.ctx.deliveries.save_many(&records).await?;
+        let messages = work.into_iter().map(|w| w.message).zip(held).collect();
+        self.hold_messages(messages, pass).await;
+        Ok(())
+    }
+
+    /// Hides messages again for their delays, without spending an attempt; if the queue
+    /// fails, they are seen again after the pass's visibility timeout and held once more.
+    async fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
+        if held.is_empty() {
+            return;
+        }
+        pass.report.waiting += held.len();
+        pass.report
+            .retried_handles
+            .extend(held.iter().map(|(m, _)| m.handle.clone()));
+        self.requeue(&held, "hold deliveries back").await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::delivery::fixtures::pending;
+
+    fn record(status: DeliveryStatus, due: Option<i64>) -> DeliveryRecord {
+        let mut r = pending("evt-1");
+        r.status = status;
+        r.attempts = 1;
+        r.next_attempt_at = due;
+        r
+    }
+
+    #[test]
+    fn a_finished_delivery_is_never_sent_again() {
+        for status in [
+            DeliveryStatus::Sent,
+            DeliveryStatus::Dead,
+            DeliveryStatus::DryRun,
+        ] {
+            let r = record(status, None);
+            assert_eq!(triage(&r, 0, QueueDelays::Full), Triage::Finished);
+        }
+    }
+
+    #[test]
+    fn a_due_delivery_is_sent_even_a_little_early() {
+        let r = record(DeliveryStatus::Retrying, Some(10_900));
+        assert_eq!(triage(&r, 10_000, QueueDelays::Full), Triage::Send);
+        let r = record(DeliveryStatus::Pending, None);
+        assert_eq!(triage(&r, 10_000, QueueDelays::Capped), Triage::Send);
+    }
+
+    #[test]
+    fn an_early_timer_is_held_until_due_whatever_the_queue() {
+        let r = record(DeliveryStatus::Scheduled, Some(70_000));
+        for delays in [QueueDelays::Full, QueueDelays::Capped] {
+            assert_eq!(
+                triage(&r, 10_000, delays),
+                Triage::Hold(Duration::from_secs(60))
+            );
+        }
+    }
+
+    #[test]
+    fn an_early_retry_is_a_copy_where_the_queue_holds_delays_in_full() {
+        let r = record(DeliveryStatus::Retrying, Some(70_000));
+        assert_eq!(triage(&r, 10_000, QueueDelays::Full), Triage::EarlyCopy);
+    }
+
+    #[test]
+    fn an_early_retry_is_held_again_where_the_queue_caps_delays() {
+        let r = record(DeliveryStatus::Retrying, Some(70_000));
+        assert_eq!(
+            triage(&r, 10_000, QueueDelays::Capped),
+            Triage::Hold(Duration::from_secs(60))
+        );
+    }
+}
