@@ -4,8 +4,8 @@
 
 mod support;
 
-use relay_shared::domain::delivery::DeliveryRecord;
 use relay_shared::ports::store::DeliveryStore;
+use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
@@ -13,12 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-const TRIGGER: &str = r#"
-  - name: welcome
-    on: [contact.created]
-    actions:
-      - trigger_event: {name: welcome, payload: {first_name: "{{ contact.first_name }}"}}
-"#;
+/// One rule, one `trigger_event` (not idempotent at SmartEmailing: a repeat fires again).
+const TRIGGER: &str =
+    "  - name: welcome\n    on: [contact.created]\n    actions: [trigger_event: {name: welcome}]\n";
 
 /// 200 MB, the size of the answer in issue 19.
 const HUGE: u64 = 200 * 1024 * 1024;
@@ -170,12 +167,42 @@ async fn relay(endpoint: &Endpoint, timeout: &str, rules: &str) -> TestRelay {
     TestRelay::start(&yaml, bundle(true)).await
 }
 
-/// The delivery of an event, as stored (with the recorded answer).
-async fn stored(r: &TestRelay, event: &str) -> DeliveryRecord {
-    let mut all = r.relay().store.for_event(event).await.expect("store");
-    assert_eq!(all.len(), 1, "{all:?}");
-    all.remove(0)
+/// Posts a `contact.created` event and waits until its one delivery is final: the delivery
+/// as the API shows it, and the excerpt of the last answer as the store recorded it.
+async fn deliver(r: &TestRelay, id: &str) -> (Value, String) {
+    let (s, body) = r
+        .post(
+            "/v1/events",
+            &event(id, "contact.created", "jan@example.com"),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    let shown = r.wait_settled(id, 1).await.remove(0);
+    let mut stored = r.relay().store.for_event(id).await.expect("store");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let excerpt = stored
+        .remove(0)
+        .last_response
+        .expect("an excerpt is recorded");
+    (shown, excerpt)
 }
+
+/// Checks that an excerpt starts with the status and the body's start, ends saying why the
+/// rest of the body was not read, and stays short.
+fn assert_cut_excerpt(excerpt: &str, start: &str, why: &str) {
+    assert!(excerpt.starts_with(start), "{excerpt}");
+    assert!(excerpt.ends_with(&format!("[{why}]")), "{excerpt}");
+    assert!(excerpt.len() < 1000, "not bounded: {} bytes", excerpt.len());
+}
+
+/// Checks a delivery's final status and how many attempts it took.
+fn assert_final(delivery: &Value, status: &str, attempts: u64) {
+    assert_eq!(delivery["status"], status, "{delivery}");
+    assert_eq!(delivery["attempts"], attempts, "{delivery}");
+}
+
+/// What the relay records when it stops reading at its limit.
+const TOO_LONG: &str = "body not read past 65536 bytes";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_call_with_an_endless_body_is_sent_once_without_waiting_for_the_timeout() {
@@ -183,40 +210,19 @@ async fn an_accepted_call_with_an_endless_body_is_sent_once_without_waiting_for_
     // A call timeout far longer than the test's patience: waiting for it would fail the test.
     let r = relay(&se, "120s", TRIGGER).await;
     let started = Instant::now();
-    let (s, body) = r
-        .post(
-            "/v1/events",
-            &event("big-1", "contact.created", "jan@example.com"),
-        )
-        .await;
-    assert_eq!(s, 202, "{body}");
-    let d = r.wait_settled("big-1", 1).await;
-    assert_eq!(d[0]["status"], "sent", "{d:?}");
-    assert_eq!(d[0]["attempts"], 1);
+    let (d, excerpt) = deliver(&r, "big-1").await;
+    assert_final(&d, "sent", 1);
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );
-
-    // The relay closed the connection after the start of the body.
+    assert_cut_excerpt(&excerpt, "201 xxxx", TOO_LONG);
+    // The relay closed the connection after the start of the body, and sent once.
     let served = se.next_served().await;
     assert!(served.path.ends_with("/trigger-event"), "{served:?}");
     assert!(served.written < HUGE / 4, "{served:?}");
-    assert_eq!(se.paths().len(), 1, "sent once: {:?}", se.paths());
-
-    let record = stored(&r, "big-1").await;
-    let response = record.last_response.expect("an excerpt is recorded");
-    assert!(response.starts_with("201 xxxx"), "{response}");
-    assert!(
-        response.ends_with("[body not read past 65536 bytes]"),
-        "{response}"
-    );
-    assert!(
-        response.len() < 1000,
-        "the excerpt is bounded: {}",
-        response.len()
-    );
+    assert_eq!(se.paths().len(), 1, "{:?}", se.paths());
     r.stop().await;
 }
 
@@ -228,19 +234,11 @@ async fn a_webhook_answered_200_with_an_endless_body_is_sent_once() {
         target.url
     );
     let r = relay(&target, "120s", &rules).await;
-    let (s, body) = r
-        .post(
-            "/v1/events",
-            &event("hook-1", "contact.created", "jan@example.com"),
-        )
-        .await;
-    assert_eq!(s, 202, "{body}");
-    let d = r.wait_settled("hook-1", 1).await;
-    assert_eq!(d[0]["status"], "sent", "{d:?}");
-    assert_eq!(d[0]["attempts"], 1);
-    let served = target.next_served().await;
-    assert_eq!(served.path, "/collect");
-    assert_eq!(target.paths().len(), 1, "sent once: {:?}", target.paths());
+    let (d, excerpt) = deliver(&r, "hook-1").await;
+    assert_final(&d, "sent", 1);
+    assert_cut_excerpt(&excerpt, "200 xxxx", TOO_LONG);
+    assert_eq!(target.next_served().await.path, "/collect");
+    assert_eq!(target.paths().len(), 1, "{:?}", target.paths());
     r.stop().await;
 }
 
@@ -248,36 +246,16 @@ async fn a_webhook_answered_200_with_an_endless_body_is_sent_once() {
 async fn a_server_error_with_a_huge_body_is_retried_with_a_bounded_excerpt() {
     let mut se = Endpoint::start(Answer::Huge(500)).await;
     let r = relay(&se, "120s", TRIGGER).await;
-    let (s, body) = r
-        .post(
-            "/v1/events",
-            &event("big-5", "contact.created", "jan@example.com"),
-        )
-        .await;
-    assert_eq!(s, 202, "{body}");
-    let d = r.wait_settled("big-5", 1).await;
+    let (d, excerpt) = deliver(&r, "big-5").await;
     // The test config's schedule allows one attempt and three retries.
-    assert_eq!(d[0]["status"], "dead", "{d:?}");
-    assert_eq!(d[0]["attempts"], 4, "{d:?}");
-    let error = d[0]["last_error"].as_str().unwrap_or_default();
+    assert_final(&d, "dead", 4);
+    let error = d["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("the target answered 500"), "{error}");
+    assert_cut_excerpt(&excerpt, "500 <<<<", TOO_LONG);
     for _ in 0..4 {
         let served = se.next_served().await;
         assert!(served.written < HUGE / 4, "{served:?}");
     }
-
-    let record = stored(&r, "big-5").await;
-    let response = record.last_response.expect("an excerpt is recorded");
-    assert!(response.starts_with("500 <<<<"), "{response}");
-    assert!(
-        response.contains("[body not read past 65536 bytes]"),
-        "{response}"
-    );
-    assert!(
-        response.len() < 1000,
-        "the excerpt is bounded: {}",
-        response.len()
-    );
     r.stop().await;
 }
 
@@ -286,26 +264,10 @@ async fn a_body_trickling_past_the_timeout_after_a_201_is_sent_not_timed_out() {
     let mut se = Endpoint::start(Answer::Trickle(201)).await;
     // The body would take 10 s; the call may take 2.
     let r = relay(&se, "2s", TRIGGER).await;
-    let (s, body) = r
-        .post(
-            "/v1/events",
-            &event("slow-1", "contact.created", "jan@example.com"),
-        )
-        .await;
-    assert_eq!(s, 202, "{body}");
-    let d = r.wait_settled("slow-1", 1).await;
-    assert_eq!(d[0]["status"], "sent", "{d:?}");
-    assert_eq!(d[0]["attempts"], 1);
-    let served = se.next_served().await;
-    assert!(served.written < 100, "{served:?}");
-    assert_eq!(se.paths().len(), 1, "sent once: {:?}", se.paths());
-
-    let record = stored(&r, "slow-1").await;
-    let response = record.last_response.expect("an excerpt is recorded");
-    assert!(response.starts_with("201 {"), "{response}");
-    assert!(
-        response.ends_with("[rest of the body not read: timed out]"),
-        "{response}"
-    );
+    let (d, excerpt) = deliver(&r, "slow-1").await;
+    assert_final(&d, "sent", 1);
+    assert_cut_excerpt(&excerpt, "201 {", "rest of the body not read: timed out");
+    assert!(se.next_served().await.written < 100);
+    assert_eq!(se.paths().len(), 1, "{:?}", se.paths());
     r.stop().await;
 }
