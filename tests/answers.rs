@@ -33,6 +33,11 @@ enum Answer {
     /// This status and a 100-byte body of which one byte comes every 100 ms, so the call's
     /// timeout passes before its end.
     Trickle(u16),
+    /// This status and a `Content-Length` of 1 000, of which the start of an envelope comes
+    /// before the connection is closed.
+    Broken(u16),
+    /// This status and a body of exactly the most the relay reads, whole.
+    AtTheLimit(u16),
 }
 
 /// One request the endpoint answered, known once the connection carrying it has ended.
@@ -124,6 +129,20 @@ async fn serve(mut stream: TcpStream, answer: Answer, seen: &Mutex<Vec<String>>)
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             written
+        }
+        Answer::Broken(status) => {
+            let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 1000\r\n\r\n");
+            let start = br#"{"status":"created","meta":"#;
+            stream.write_all(head.as_bytes()).await.ok()?;
+            stream.write_all(start).await.ok()?;
+            start.len() as u64
+        }
+        Answer::AtTheLimit(status) => {
+            let limit = relay_shared::adapters::reqwest::MAX_ANSWER_BYTES;
+            let head = format!("HTTP/1.1 {status} X\r\ncontent-length: {limit}\r\n\r\n");
+            stream.write_all(head.as_bytes()).await.ok()?;
+            stream.write_all(&vec![b' '; limit]).await.ok()?;
+            limit as u64
         }
     };
     Some(Served { path, written })
@@ -269,5 +288,35 @@ async fn a_body_trickling_past_the_timeout_after_a_201_is_sent_not_timed_out() {
     assert_cut_excerpt(&excerpt, "201 {", "rest of the body not read: timed out");
     assert!(se.next_served().await.written < 100);
     assert_eq!(se.paths().len(), 1, "{:?}", se.paths());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_201_whose_connection_breaks_in_the_body_is_sent_with_a_note() {
+    let mut se = Endpoint::start(Answer::Broken(201)).await;
+    let r = relay(&se, "120s", TRIGGER).await;
+    let (d, excerpt) = deliver(&r, "cut-1").await;
+    assert_final(&d, "sent", 1);
+    assert!(
+        excerpt.starts_with(r#"201 {"status":"created""#),
+        "{excerpt}"
+    );
+    assert!(
+        excerpt.contains("[rest of the body not read: connection failed"),
+        "{excerpt}"
+    );
+    se.next_served().await;
+    assert_eq!(se.paths().len(), 1, "{:?}", se.paths());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_exactly_the_limit_is_read_whole() {
+    let se = Endpoint::start(Answer::AtTheLimit(201)).await;
+    let r = relay(&se, "120s", TRIGGER).await;
+    let (d, excerpt) = deliver(&r, "limit-1").await;
+    assert_final(&d, "sent", 1);
+    assert!(excerpt.starts_with("201    "), "{excerpt}");
+    assert!(!excerpt.contains('['), "not cut: {excerpt}");
     r.stop().await;
 }
