@@ -25,7 +25,7 @@ pub(crate) async fn serve(
     let (config_path, config) = locate_and_load(config, state)?;
     let config = Arc::new(config);
     let stop = stop_signal();
-    let (credentials, dry_run) = credentials(&config).await?;
+    let (credentials, dry_run, unset) = credentials(&config).await?;
     // Held until the process ends: a second `serve` on this state is refused.
     let mut lock = lock_state(state, listen)?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -52,9 +52,7 @@ pub(crate) async fn serve(
     if let Err(e) = lock.record(&format!("listening on {}", relay.addr)) {
         tracing::warn!(error = %e, "cannot note the address in the state lock");
     }
-    if dry_run {
-        tracing::warn!("DRY RUN: SMARTEMAILING_USERNAME and SMARTEMAILING_API_KEY are not set, so nothing will be sent; deliveries are rendered and recorded as dry_run");
-    }
+    warn_at_start(dry_run, &unset);
     tracing::info!(
         addr = %relay.addr,
         rules = config.rules.len(),
@@ -70,10 +68,12 @@ pub(crate) async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The credentials from the environment, and whether the relay runs dry (no SmartEmailing
-/// credentials). Refuses to start without inbound API keys; warns of each missing webhook
-/// secret.
-async fn credentials(config: &Config) -> Result<(Arc<StaticCredentials>, bool), Failure> {
+/// The credentials from the environment, whether the relay runs dry (no SmartEmailing
+/// credentials), and the webhook secrets that are not set (name, variable). Refuses to start
+/// without inbound API keys.
+async fn credentials(
+    config: &Config,
+) -> Result<(Arc<StaticCredentials>, bool, Vec<(String, String)>), Failure> {
     let credentials = Arc::new(StaticCredentials::from_env(config.secret_names.clone()));
     if credentials.api_keys().await.map_err(internal)?.is_empty() {
         return Err(user(anyhow!(
@@ -85,12 +85,41 @@ async fn credentials(config: &Config) -> Result<(Arc<StaticCredentials>, bool), 
         .await
         .map_err(internal)?
         .is_none();
+    let mut unset = Vec::new();
     for name in &config.secret_names {
         if credentials.secret(name).await.map_err(internal)?.is_none() {
-            tracing::warn!(secret = %name, variable = %secret_env_name(name), "a webhook secret is not set; its deliveries will fail");
+            unset.push((name.clone(), secret_env_name(name)));
         }
     }
-    Ok((credentials, dry_run))
+    Ok((credentials, dry_run, unset))
+}
+
+/// Says what the relay will not do: in dry-run nothing is sent, webhook actions included,
+/// so a missing webhook secret fails nothing yet — one line says what this mode does and
+/// names the secrets a real run will need; a sending relay warns of each missing secret.
+fn warn_at_start(dry_run: bool, unset: &[(String, String)]) {
+    if dry_run {
+        let variables: Vec<&str> = unset.iter().map(|(_, v)| v.as_str()).collect();
+        tracing::warn!("{}", dry_run_warning(&variables));
+        return;
+    }
+    for (name, variable) in unset {
+        tracing::warn!(secret = %name, variable = %variable, "a webhook secret is not set; its deliveries will fail");
+    }
+}
+
+/// The one start-up line of a dry run; `unset` are the variables of missing webhook secrets.
+fn dry_run_warning(unset: &[&str]) -> String {
+    let mut line = String::from(
+        "DRY RUN: SMARTEMAILING_USERNAME and SMARTEMAILING_API_KEY are not set, so nothing is sent (webhook actions neither); every delivery is rendered and recorded as dry_run. Set both and restart to send",
+    );
+    if !unset.is_empty() {
+        line.push_str(&format!(
+            "; the webhook actions will then also need {}",
+            unset.join(", ")
+        ));
+    }
+    line
 }
 
 /// The exclusive lock on the state directory; another relay holding it is the user's to
@@ -135,5 +164,23 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
 fn stop_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dry_run_says_once_what_it_does_and_names_the_secrets_a_real_run_needs() {
+        let line = dry_run_warning(&["RELAY_SECRET_COLLECTOR_TOKEN"]);
+        assert!(line.starts_with("DRY RUN"), "{line}");
+        assert!(line.contains("recorded as dry_run"), "{line}");
+        assert!(
+            line.ends_with("also need RELAY_SECRET_COLLECTOR_TOKEN"),
+            "{line}"
+        );
+        assert!(!line.contains("will fail"), "{line}");
+        assert!(dry_run_warning(&[]).ends_with("restart to send"));
     }
 }

@@ -200,17 +200,11 @@ fn open_store(opts: &RunnerOptions) -> Result<SqliteStore, StoreError> {
     Ok(store)
 }
 
-/// Serves the API until `stop` turns true, letting the calls in flight finish.
-async fn serve_api(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "the HTTP server failed");
-    }
+/// Serves the API within `server:` until `stop` turns true, letting the calls in flight
+/// finish.
+async fn serve_api(listener: TcpListener, state: Arc<AppState>, stop: watch::Receiver<bool>) {
+    let settings = state.config.server.clone();
+    crate::api::serve::serve(listener, router(state), &settings, stop).await;
 }
 
 /// How often the sweeper deletes what has expired.

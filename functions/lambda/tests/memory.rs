@@ -139,6 +139,7 @@ impl Transport for Answering {
             status: self.status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string().into_bytes(),
+            cut: None,
         })
     }
 }

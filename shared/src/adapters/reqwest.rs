@@ -1,10 +1,14 @@
 //! The HTTP transport: reqwest with rustls, no redirects, bounded answers.
 
+use crate::domain::http::BodyCut;
 use crate::ports::{HttpRequest, HttpResponse, Transport, TransportError};
 use async_trait::async_trait;
 
-/// The most of an answer body that is read.
-const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// The most of an answer body that is read. Only an envelope's `status` and `message` are
+/// read from SmartEmailing, a few hundred bytes; a longer body is a proxy's error page or a
+/// misbehaving gateway, and reading on would only spend the call's timeout and turn an
+/// accepted call into a `timed out` that is sent again.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Sends requests with reqwest.
 #[derive(Clone, Debug)]
@@ -67,17 +71,35 @@ impl Transport for ReqwestTransport {
                 )
             })
             .collect();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(map_err)? {
-            if body.len() < MAX_ANSWER_BYTES {
-                body.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER_BYTES - body.len())]);
-            }
-        }
+        let (body, cut) = read_prefix(&mut resp, MAX_ANSWER_BYTES).await;
         Ok(HttpResponse {
             status,
             headers,
             body,
+            cut,
         })
+    }
+}
+
+/// Reads at most `limit` bytes of the body. Once the status line has arrived the answer is
+/// kept whatever the body does: too long, cut off by the timeout or by the connection; the
+/// response is dropped with the rest unread, which closes the connection (hyper does not
+/// pool a connection whose body was not read to its end).
+async fn read_prefix(resp: &mut reqwest::Response, limit: usize) -> (Vec<u8>, Option<BodyCut>) {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, Some(BodyCut::TooLong { limit }));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return (body, None),
+            Err(e) => return (body, Some(BodyCut::Unfinished(map_err(e)))),
+        }
     }
 }
 

@@ -6,3 +6,4 @@ mod auth;
 mod body;
 pub mod error;
 pub mod router;
+pub mod serve;

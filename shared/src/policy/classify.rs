@@ -115,7 +115,11 @@ fn excerpt(resp: &HttpResponse) -> String {
     if text.chars().count() > RESPONSE_EXCERPT {
         cut.push('…');
     }
-    format!("{} {}", resp.status, cut)
+    // A body the relay stopped reading says so, so a cut envelope is not taken for the whole.
+    match &resp.cut {
+        Some(why) => format!("{} {} [{why}]", resp.status, cut),
+        None => format!("{} {}", resp.status, cut),
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +131,7 @@ mod tests {
             status,
             headers: vec![],
             body: body.as_bytes().to_vec(),
+            cut: None,
         })
     }
 

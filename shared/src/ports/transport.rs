@@ -25,6 +25,7 @@ pub struct HttpRequest {
 /// Sends HTTP requests.
 #[async_trait]
 pub trait Transport: Send + Sync {
-    /// Sends one request and reads the whole answer.
+    /// Sends one request and reads its answer (a transport may read only the start of a
+    /// long body, saying so in `HttpResponse::cut`).
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError>;
 }

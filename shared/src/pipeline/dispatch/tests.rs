@@ -37,6 +37,7 @@ impl Transport for Script {
             status,
             headers: vec![],
             body: body.as_bytes().to_vec(),
+            cut: None,
         })
     }
 }
