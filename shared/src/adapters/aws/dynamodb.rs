@@ -14,12 +14,17 @@
 //!
 //! Idempotency follows AWS Lambda Powertools: one conditional PutItem claims a key, and
 //! `ReturnValuesOnConditionCheckFailure=ALL_OLD` returns the holder without a second call.
+//!
+//! A send lease (`SendLeases`) is two attributes of the delivery's item, `lease_holder` and
+//! `lease_until` (Unix ms), set by one conditional UpdateItem per delivery. Recording an
+//! outcome is a PutItem of the whole item, which has no lease attributes: the lease goes in
+//! the same write.
 
 use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::domain::event::EventId;
 use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
 use crate::ports::{
-    ContactStore, DeliveryFilter, DeliveryStore, EventStore, StoreError, TimerStore,
+    ContactStore, DeliveryFilter, DeliveryStore, EventStore, SendLeases, StoreError, TimerStore,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
@@ -533,6 +538,8 @@ impl DeliveryStore for DynamoStore {
     }
 
     async fn save(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
+        // The whole item is replaced, and `delivery_to_item` writes no lease: a send lease is
+        // released by the write that records the outcome.
         let mut put = self
             .client
             .put_item()
@@ -768,6 +775,109 @@ impl ContactStore for DynamoStore {
                 Ok((email, date))
             })
             .collect()
+    }
+}
+
+/// Takes one delivery's lease: true when taken, false when it is sent, unknown, or leased
+/// to another holder until after `now_ms`.
+async fn take_lease(
+    client: Client,
+    table: String,
+    id: DeliveryId,
+    holder: String,
+    now_ms: i64,
+    until_ms: i64,
+) -> Result<bool, StoreError> {
+    let result = client
+        .update_item()
+        .table_name(table)
+        .set_key(Some(DynamoStore::key(delivery_pk(id.as_str()), "DELIVERY")))
+        .update_expression("SET lease_holder = :holder, lease_until = :until")
+        .condition_expression(
+            "attribute_exists(pk) AND #status <> :sent AND (attribute_not_exists(lease_until) OR lease_until <= :now OR lease_holder = :holder)",
+        )
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":sent", s(DeliveryStatus::Sent.as_str()))
+        .expression_attribute_values(":holder", s(holder))
+        .expression_attribute_values(":until", n(until_ms))
+        .expression_attribute_values(":now", n(now_ms))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failure(&e) => Ok(false),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// One conditional UpdateItem per delivery, all in flight at once, rather than one
+/// TransactWriteItems: a transaction fails whole when one delivery is leased elsewhere, and
+/// what is wanted is the subset that is free; the writes are independent, so a batch of 100
+/// still takes about one round trip.
+#[async_trait]
+impl SendLeases for DynamoStore {
+    async fn take(
+        &self,
+        ids: &[DeliveryId],
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let mut writes = tokio::task::JoinSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let write = take_lease(
+                self.client.clone(),
+                self.table.clone(),
+                id.clone(),
+                holder.to_string(),
+                now_ms,
+                until_ms,
+            );
+            writes.spawn(async move { (i, write.await) });
+        }
+        let mut taken = Vec::with_capacity(ids.len());
+        let mut failure = None;
+        while let Some(joined) = writes.join_next().await {
+            match joined {
+                Ok((i, Ok(true))) => taken.push(i),
+                Ok((_, Ok(false))) => {}
+                Ok((_, Err(e))) => failure = Some(e),
+                Err(e) => failure = Some(StoreError::Unavailable(format!("a lease write: {e}"))),
+            }
+        }
+        taken.sort_unstable();
+        let taken: Vec<DeliveryId> = taken.into_iter().map(|i| ids[i].clone()).collect();
+        if let Some(e) = failure {
+            // Nothing is sent on a partial answer; what was taken is given back now rather
+            // than held until it runs out.
+            if let Err(again) = SendLeases::release(self, &taken, holder).await {
+                tracing::warn!(error = %again, "could not give back leases; they run out on their own");
+            }
+            return Err(e);
+        }
+        Ok(taken)
+    }
+
+    async fn release(&self, ids: &[DeliveryId], holder: &str) -> Result<(), StoreError> {
+        for id in ids {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(delivery_pk(id.as_str()), "DELIVERY")))
+                .update_expression("REMOVE lease_holder, lease_until")
+                .condition_expression("lease_holder = :holder")
+                .expression_attribute_values(":holder", s(holder))
+                .send()
+                .await;
+            match result {
+                // Released already (an outcome was recorded), or taken over since: not ours.
+                Ok(_) => {}
+                Err(e) if is_condition_failure(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(())
     }
 }
 
