@@ -126,7 +126,9 @@ impl Context<Aws> {
         settings: &AwsSettings,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let aws = AwsAdapters::new(sdk, settings, clock.clone());
+        // The TTLs the store writes follow the config's `retention:`, as `relay serve`'s sweeper.
+        let aws = AwsAdapters::new(sdk, settings, clock.clone())
+            .with_retention(config.retention.windows());
         Self::with_ports(config, aws.into(), clock)
     }
 }

@@ -285,6 +285,54 @@ async fn a_lease_past_its_time_is_taken_a_sent_delivery_never_and_recording_rele
 }
 
 #[tokio::test]
+async fn the_ttls_follow_the_retention_windows_from_when_a_delivery_finished() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use relay_shared::domain::retention::Retention;
+    let (emu, aws, clock) = adapters(&secret_json(None)).await;
+    let hour = Duration::from_secs(3600);
+    let store = aws
+        .with_retention(Retention {
+            events: hour,
+            deliveries: hour * 2,
+            dead: hour * 3,
+        })
+        .store;
+    let waiting = delivery("dlv_ttl_wait", "evt-ttl", "welcome", 0, NOW_MS);
+    let finished = delivery("dlv_ttl_sent", "evt-ttl", "welcome", 1, NOW_MS);
+    let dead = delivery("dlv_ttl_dead", "evt-ttl", "welcome", 2, NOW_MS);
+    store
+        .insert_new(&[waiting.clone(), finished.clone(), dead.clone()])
+        .await
+        .unwrap();
+    clock.advance(hour);
+    let mut sent = finished.clone();
+    sent.status = DeliveryStatus::Sent;
+    let mut gave_up = dead.clone();
+    gave_up.status = DeliveryStatus::Dead;
+    let mut retrying = waiting.clone();
+    retrying.status = DeliveryStatus::Retrying;
+    store.save_many(&[sent, gave_up, retrying]).await.unwrap();
+
+    let items = emu.items().await;
+    let ttl = |id: &str| {
+        items
+            .iter()
+            .find(|i| i.get("id") == Some(&AttributeValue::S(id.to_string())))
+            .and_then(|i| i.get("expires_at").cloned())
+    };
+    let finished_at = NOW_MS / 1000 + 3600;
+    assert_eq!(ttl("dlv_ttl_wait"), None, "work left: never expires");
+    assert_eq!(
+        ttl("dlv_ttl_sent"),
+        Some(AttributeValue::N((finished_at + 2 * 3600).to_string()))
+    );
+    assert_eq!(
+        ttl("dlv_ttl_dead"),
+        Some(AttributeValue::N((finished_at + 3 * 3600).to_string()))
+    );
+}
+
+#[tokio::test]
 async fn deliveries_are_found_by_event_and_listed_by_status() {
     let (_emu, aws, _) = adapters(&secret_json(None)).await;
     let store = &aws.store;
