@@ -13,16 +13,14 @@ use fake_smartemailing::FakeSmartEmailing;
 use relay_shared::adapters::aws::{emulator_config, AwsStores};
 use relay_shared::adapters::env_credentials::StaticCredentials;
 use relay_shared::adapters::reqwest::ReqwestTransport;
-use relay_shared::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
-use relay_shared::domain::event::EventId;
+use relay_shared::domain::delivery::{DeliveryId, DeliveryStatus};
 use relay_shared::domain::secret::{SeCredentials, Secret, SecretBundle};
-use relay_shared::domain::smartemailing::Endpoint;
 use relay_shared::pipeline::dispatch::{Dispatcher, QueueDelays};
 use relay_shared::ports::clock::{Clock, SystemClock};
 use relay_shared::ports::queue::QueueName;
 use relay_shared::ports::{DeliveryStore, Queue};
 use relay_shared::rules::config::Config;
-use serde_json::json;
+use resources::{count_by_name, trigger_delivery as delivery};
 use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -44,30 +42,6 @@ fn emulator() -> Option<String> {
             );
             None
         }
-    }
-}
-
-/// A trigger-event delivery in `status` whose item names it (`name = id`).
-fn delivery(id: &str, rule: &str, status: DeliveryStatus, created_at: i64) -> DeliveryRecord {
-    DeliveryRecord {
-        id: DeliveryId::from_stored(id),
-        event_id: EventId::from_stored(format!("evt-{id}")),
-        rule: rule.into(),
-        action: "trigger_event".into(),
-        action_index: 0,
-        status,
-        attempts: if status == DeliveryStatus::Dead { 3 } else { 1 },
-        last_error: (status == DeliveryStatus::Dead).then(|| "the target answered 503".into()),
-        last_response: None,
-        sent_at: None,
-        next_attempt_at: None,
-        request: Some(Prepared::SmartEmailing {
-            endpoint: Endpoint::TriggerEvent,
-            group: json!({}),
-            item: json!({"emailaddress": format!("{id}@example.com"), "name": id}),
-        }),
-        created_at,
-        chain_depth: 0,
     }
 }
 
@@ -168,16 +142,6 @@ impl Stack {
     }
 }
 
-/// How many times SmartEmailing was asked to trigger each event, by name.
-fn calls_by_name(fake: &FakeSmartEmailing) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for item in fake.triggered_events() {
-        *out.entry(item["name"].as_str().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_aws_sends_the_dead_deliveries_of_a_rule_once_and_never_a_sent_one() {
     let Some(endpoint) = emulator() else { return };
@@ -242,7 +206,7 @@ async fn replay_aws_sends_the_dead_deliveries_of_a_rule_once_and_never_a_sent_on
     assert!(said.contains("0 of 1 deliveries queued"), "{said}");
 
     stack.dispatch_all(config, &fake).await;
-    let calls = calls_by_name(&fake);
+    let calls = count_by_name(fake.triggered_events());
     assert_eq!(
         calls,
         HashMap::from([("dlv_dead_1".to_string(), 1), ("dlv_dead_2".to_string(), 1)]),

@@ -12,18 +12,15 @@ use fake_smartemailing::FakeSmartEmailing;
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::Context;
 use relay_shared::adapters::reqwest::ReqwestTransport;
-use relay_shared::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
-use relay_shared::domain::event::EventId;
-use relay_shared::domain::smartemailing::Endpoint;
+use relay_shared::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus};
 use relay_shared::ports::clock::{Clock, SystemClock};
 use relay_shared::ports::queue::{DispatchJob, QueueName};
 use relay_shared::ports::{DeliveryStore, Queue, SendLeases};
 use relay_shared::rules::config::Config;
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{secret_json, sqs_event, Emulator};
+use support::{count_by_name, secret_json, sqs_event, trigger_delivery, Emulator};
 
 const SE_USER: &str = "shop@example.com";
 const SE_KEY: &str = "se-key-leases";
@@ -39,28 +36,9 @@ fn config(base_url: &str) -> Config {
     Config::parse(&text, "lease rules").expect("the rules parse")
 }
 
-/// A pending trigger-event delivery whose item names it (`name = id`).
+/// A pending trigger-event delivery whose item names it.
 fn delivery(id: &str, now_ms: i64) -> DeliveryRecord {
-    DeliveryRecord {
-        id: DeliveryId::from_stored(id),
-        event_id: EventId::from_stored(format!("evt-{id}")),
-        rule: "welcome".into(),
-        action: "trigger_event".into(),
-        action_index: 0,
-        status: DeliveryStatus::Pending,
-        attempts: 0,
-        last_error: None,
-        last_response: None,
-        sent_at: None,
-        next_attempt_at: None,
-        request: Some(Prepared::SmartEmailing {
-            endpoint: Endpoint::TriggerEvent,
-            group: json!({}),
-            item: json!({"emailaddress": format!("{id}@example.com"), "name": id}),
-        }),
-        created_at: now_ms,
-        chain_depth: 0,
-    }
+    trigger_delivery(id, "welcome", DeliveryStatus::Pending, now_ms)
 }
 
 /// Stores the deliveries and queues one dispatch job each.
@@ -82,14 +60,9 @@ async fn queue_deliveries(ctx: &Context, records: &[DeliveryRecord]) {
         .expect("queued");
 }
 
-/// How many times SmartEmailing was asked to trigger each event, by name.
+/// How many times SmartEmailing was asked to trigger each delivery.
 fn calls_by_name(fake: &FakeSmartEmailing) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for item in fake.triggered_events() {
-        *out.entry(item["name"].as_str().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
-    out
+    count_by_name(fake.triggered_events())
 }
 
 /// One function container: its own clients on the same table and queues.

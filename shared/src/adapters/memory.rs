@@ -322,12 +322,15 @@ impl DeliveryStore for MemoryStore {
             .filter(|d| d.event_id.as_str() == event_id)
             .cloned()
             .collect();
+        // The id last: a map has no order of its own, and a test's answer must not change
+        // from one run to the next.
         out.sort_by(|a, b| {
-            (a.created_at, a.chain_depth, &a.rule, a.action_index).cmp(&(
+            (a.created_at, a.chain_depth, &a.rule, a.action_index, &a.id).cmp(&(
                 b.created_at,
                 b.chain_depth,
                 &b.rule,
                 b.action_index,
+                &b.id,
             ))
         });
         Ok(out)

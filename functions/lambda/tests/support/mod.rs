@@ -5,7 +5,11 @@
 
 mod resources;
 
-pub use resources::{create_queue, create_table, endpoint, repo_root, unique};
+// Each test file uses a part of them.
+#[allow(unused_imports)]
+pub use resources::{
+    count_by_name, create_queue, create_table, endpoint, repo_root, trigger_delivery, unique,
+};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};

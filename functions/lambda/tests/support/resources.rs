@@ -1,6 +1,7 @@
 //! The emulator's resources, created the way the deployment has them: a table from
-//! template.yaml's definition (so the two cannot drift) and queues. No relay code here, so
-//! the root package's AWS tests share it (`tests/replay_aws.rs`).
+//! template.yaml's definition (so the two cannot drift) and queues; and trigger-event
+//! deliveries to put in it. Nothing of `relay_lambda` here, so the root package's AWS tests
+//! share it (`tests/replay_aws.rs`).
 #![allow(dead_code)]
 
 use aws_sdk_dynamodb::types::{
@@ -8,7 +9,11 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use serde_json::json;
+use relay_shared::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use relay_shared::domain::event::EventId;
+use relay_shared::domain::smartemailing::Endpoint;
+use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -158,4 +163,46 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, name: &str) {
         .send()
         .await
         .expect("enable ttl");
+}
+
+/// A trigger-event delivery of `rule` in `status` whose item names it (`name = id`), so the
+/// calls SmartEmailing got can be counted per delivery (`count_by_name`).
+pub fn trigger_delivery(
+    id: &str,
+    rule: &str,
+    status: DeliveryStatus,
+    created_at: i64,
+) -> DeliveryRecord {
+    let dead = status == DeliveryStatus::Dead;
+    DeliveryRecord {
+        id: DeliveryId::from_stored(id),
+        event_id: EventId::from_stored(format!("evt-{id}")),
+        rule: rule.into(),
+        action: "trigger_event".into(),
+        action_index: 0,
+        status,
+        attempts: if dead { 3 } else { 0 },
+        last_error: dead.then(|| "the target answered 503".into()),
+        last_response: None,
+        sent_at: None,
+        next_attempt_at: None,
+        request: Some(Prepared::SmartEmailing {
+            endpoint: Endpoint::TriggerEvent,
+            group: json!({}),
+            item: json!({"emailaddress": format!("{id}@example.com"), "name": id}),
+        }),
+        created_at,
+        chain_depth: 0,
+    }
+}
+
+/// How many of the triggered events (the fake SmartEmailing's `triggered_events`) name each
+/// delivery.
+pub fn count_by_name(triggered: Vec<Value>) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for item in triggered {
+        *out.entry(item["name"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    out
 }
