@@ -63,23 +63,18 @@ pub(crate) async fn open_stores(state: &Path, aws: bool) -> Result<Stores, Failu
 
 #[cfg(feature = "aws")]
 async fn open_aws_stores() -> Result<Stores, Failure> {
-    use relay_shared::adapters::aws::{sdk_config, AwsAdapters, AwsSettings};
-    // The secret is not needed here; only the table and the queues are.
-    let settings = AwsSettings::from_lookup(|k| match k {
-        "SECRET_ID" => Some(std::env::var(k).unwrap_or_else(|_| "unused".into())),
-        _ => std::env::var(k).ok(),
-    })
-    .map_err(|e| {
+    use relay_shared::adapters::aws::{sdk_config, AwsStores};
+    let sdk = sdk_config().await;
+    // The table and the queues only: these commands read no secret, so need no SECRET_ID.
+    let aws = AwsStores::from_env(&sdk).map_err(|e| {
         user(anyhow!(
             "{e}: export it from the stack's outputs (see docs/aws.md)"
         ))
     })?;
-    let sdk = sdk_config().await;
-    let adapters = AwsAdapters::new(&sdk, &settings, Arc::new(SystemClock));
     Ok(Stores {
-        events: adapters.store.clone(),
-        deliveries: adapters.store,
-        queue: adapters.queue,
+        events: aws.store.clone(),
+        deliveries: aws.store,
+        queue: aws.queue,
     })
 }
 

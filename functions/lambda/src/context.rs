@@ -10,15 +10,16 @@ use relay_shared::adapters::memory::MemoryStore;
 use relay_shared::domain::secret::SecretBundle;
 use relay_shared::ports::clock::{Clock, SystemClock};
 use relay_shared::ports::{
-    ContactStore, Credentials, DeadLetters, DeliveryStore, EventStore, Queue, TimerStore,
+    ContactStore, Credentials, DeadLetters, DeliveryStore, EventStore, Queue, SendLeases,
+    TimerStore,
 };
 use relay_shared::rules::config::{Config, ConfigError};
 use std::sync::Arc;
 
 /// A family of adapters, named by the types of its store, queue and credentials.
 pub trait Ports: Clone + Send + Sync + 'static {
-    /// Events, deliveries, timers and contacts.
-    type Store: EventStore + DeliveryStore + TimerStore + ContactStore + 'static;
+    /// Events, deliveries (and their send leases), timers and contacts.
+    type Store: EventStore + DeliveryStore + SendLeases + TimerStore + ContactStore + 'static;
     /// The render and dispatch queues and their dead letters.
     type Queue: Queue + DeadLetters + 'static;
     /// SmartEmailing's credentials, the API keys and the webhook secrets.
@@ -125,7 +126,9 @@ impl Context<Aws> {
         settings: &AwsSettings,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let aws = AwsAdapters::new(sdk, settings, clock.clone());
+        // The TTLs the store writes follow the config's `retention:`, as `relay serve`'s sweeper.
+        let aws = AwsAdapters::new(sdk, settings, clock.clone())
+            .with_retention(config.retention.windows());
         Self::with_ports(config, aws.into(), clock)
     }
 }

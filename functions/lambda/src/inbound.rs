@@ -18,7 +18,9 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
             None,
         )
         // SQS takes at most 256 KiB a message; leave room for the job's envelope.
-        .with_max_message_bytes(250 * 1024),
+        .with_max_message_bytes(250 * 1024)
+        // The event records' TTL: the idempotency window, as `relay serve`'s.
+        .with_event_retention(ctx.config.retention.events.get()),
         events: store.clone(),
         deliveries: store,
         credentials: ctx.ports.credentials.clone(),

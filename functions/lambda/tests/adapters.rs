@@ -191,6 +191,147 @@ async fn deliveries_are_stored_once_and_a_sent_one_stays_sent() {
         .is_empty());
 }
 
+fn ids(names: &[&str]) -> Vec<DeliveryId> {
+    names.iter().map(|n| DeliveryId::from_stored(*n)).collect()
+}
+
+#[tokio::test]
+async fn two_holders_asking_for_the_same_leases_at_once_get_each_delivery_once() {
+    use relay_shared::ports::SendLeases;
+    let (_emu, aws, _) = adapters(&secret_json(None)).await;
+    let store = aws.store.clone();
+    let names: Vec<String> = (0..20).map(|i| format!("dlv_race_{i}")).collect();
+    let records: Vec<DeliveryRecord> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| delivery(n, "evt-race", "welcome", i, NOW_MS))
+        .collect();
+    store.insert_new(&records).await.unwrap();
+    let all: Vec<DeliveryId> = records.iter().map(|d| d.id.clone()).collect();
+    let (a, b) = tokio::join!(
+        store.take(&all, "holder-a", NOW_MS, NOW_MS + 45_000),
+        store.take(&all, "holder-b", NOW_MS, NOW_MS + 45_000),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), all.len(), "a: {a:?}, b: {b:?}");
+    assert!(a.iter().all(|id| !b.contains(id)), "a: {a:?}, b: {b:?}");
+    let mut in_order = a.clone();
+    in_order.sort_by_key(|id| all.iter().position(|x| x == id));
+    assert_eq!(a, in_order, "the ids taken come back in the order asked");
+}
+
+#[tokio::test]
+async fn a_lease_past_its_time_is_taken_a_sent_delivery_never_and_recording_releases() {
+    use relay_shared::ports::SendLeases;
+    let (_emu, aws, _) = adapters(&secret_json(None)).await;
+    let store = &aws.store;
+    let a = delivery("dlv_la", "evt-lease", "welcome", 0, NOW_MS);
+    let b = delivery("dlv_lb", "evt-lease", "welcome", 1, NOW_MS);
+    let mut sent = delivery("dlv_ls", "evt-lease", "welcome", 2, NOW_MS);
+    sent.status = DeliveryStatus::Sent;
+    store
+        .insert_new(&[a.clone(), b.clone(), sent.clone()])
+        .await
+        .unwrap();
+    let all = ids(&["dlv_la", "dlv_lb", "dlv_ls", "dlv_unknown"]);
+    let until = NOW_MS + 45_000;
+    assert_eq!(
+        store.take(&all, "one", NOW_MS, until).await.unwrap(),
+        ids(&["dlv_la", "dlv_lb"]),
+        "a sent or unknown delivery is never leased"
+    );
+    assert!(store
+        .take(&all, "two", until - 1, until + 45_000)
+        .await
+        .unwrap()
+        .is_empty());
+    // The first holder died mid-call: once its lease has run out, another takes it.
+    assert_eq!(
+        store
+            .take(&ids(&["dlv_lb"]), "two", until, until + 45_000)
+            .await
+            .unwrap(),
+        ids(&["dlv_lb"])
+    );
+
+    // Recording an outcome releases the lease in the same write.
+    let mut retrying = a.clone();
+    retrying.status = DeliveryStatus::Retrying;
+    retrying.attempts = 1;
+    store.save_many(&[retrying.clone()]).await.unwrap();
+    assert_eq!(
+        store.get_many(&ids(&["dlv_la"])).await.unwrap(),
+        vec![retrying],
+        "the outcome is recorded as before"
+    );
+    assert_eq!(
+        store
+            .take(&ids(&["dlv_la"]), "three", NOW_MS + 1, until)
+            .await
+            .unwrap(),
+        ids(&["dlv_la"])
+    );
+    // A release gives back only the releaser's own lease.
+    SendLeases::release(store.as_ref(), &ids(&["dlv_la", "dlv_lb"]), "three")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .take(&ids(&["dlv_la", "dlv_lb"]), "four", until + 1, until + 2)
+            .await
+            .unwrap(),
+        ids(&["dlv_la"])
+    );
+}
+
+#[tokio::test]
+async fn the_ttls_follow_the_retention_windows_from_when_a_delivery_finished() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use relay_shared::domain::retention::Retention;
+    let (emu, aws, clock) = adapters(&secret_json(None)).await;
+    let hour = Duration::from_secs(3600);
+    let store = aws
+        .with_retention(Retention {
+            events: hour,
+            deliveries: hour * 2,
+            dead: hour * 3,
+        })
+        .store;
+    let waiting = delivery("dlv_ttl_wait", "evt-ttl", "welcome", 0, NOW_MS);
+    let finished = delivery("dlv_ttl_sent", "evt-ttl", "welcome", 1, NOW_MS);
+    let dead = delivery("dlv_ttl_dead", "evt-ttl", "welcome", 2, NOW_MS);
+    store
+        .insert_new(&[waiting.clone(), finished.clone(), dead.clone()])
+        .await
+        .unwrap();
+    clock.advance(hour);
+    let mut sent = finished.clone();
+    sent.status = DeliveryStatus::Sent;
+    let mut gave_up = dead.clone();
+    gave_up.status = DeliveryStatus::Dead;
+    let mut retrying = waiting.clone();
+    retrying.status = DeliveryStatus::Retrying;
+    store.save_many(&[sent, gave_up, retrying]).await.unwrap();
+
+    let items = emu.items().await;
+    let ttl = |id: &str| {
+        items
+            .iter()
+            .find(|i| i.get("id") == Some(&AttributeValue::S(id.to_string())))
+            .and_then(|i| i.get("expires_at").cloned())
+    };
+    let finished_at = NOW_MS / 1000 + 3600;
+    assert_eq!(ttl("dlv_ttl_wait"), None, "work left: never expires");
+    assert_eq!(
+        ttl("dlv_ttl_sent"),
+        Some(AttributeValue::N((finished_at + 2 * 3600).to_string()))
+    );
+    assert_eq!(
+        ttl("dlv_ttl_dead"),
+        Some(AttributeValue::N((finished_at + 3 * 3600).to_string()))
+    );
+}
+
 #[tokio::test]
 async fn deliveries_are_found_by_event_and_listed_by_status() {
     let (_emu, aws, _) = adapters(&secret_json(None)).await;

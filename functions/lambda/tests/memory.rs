@@ -170,6 +170,22 @@ async fn inbound_accepts_an_api_gateway_request_once() {
 }
 
 #[tokio::test]
+async fn an_accepted_event_is_kept_for_the_configs_events_window() {
+    let rules = format!("retention:\n  events: 2d\n{RULES}");
+    let config = Config::parse(&rules, "test rules").expect("valid test rules");
+    let clock = Arc::new(ManualClock::at_ms(FIXTURE_MS));
+    let ctx = Context::in_memory(config, secrets(false), clock);
+    let (status, _) = call(&ctx, "apigw-post-event.json").await;
+    assert_eq!(status, 202);
+    let record = ctx.ports.store.get("evt-aws-0001").await.unwrap();
+    assert_eq!(
+        record.expect("stored").expires_at,
+        FIXTURE_MS / 1000 + 2 * 24 * 3600,
+        "the idempotency record's TTL is `retention.events` from now"
+    );
+}
+
+#[tokio::test]
 async fn inbound_takes_smartemailing_webhooks_and_refuses_unknown_keys() {
     let ctx = context(secrets(false));
     let (status, body) = call(&ctx, "apigw-smartemailing-webhook.json").await;

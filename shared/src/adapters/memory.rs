@@ -11,7 +11,7 @@ use crate::ports::dead_letters::{DeadLetter, DeadLetters};
 use crate::ports::queue::{Message, QueueName};
 use crate::ports::{
     AtomicAccept, ContactStore, DeliveryFilter, DeliveryStore, EventStore, Queue, QueueError,
-    StoreError, TimerStore,
+    SendLeases, StoreError, TimerStore,
 };
 use async_trait::async_trait;
 use chrono::{Datelike, NaiveDate};
@@ -50,6 +50,8 @@ impl std::fmt::Debug for MemoryStore {
 struct State {
     events: HashMap<EventId, EventRecord>,
     deliveries: HashMap<DeliveryId, DeliveryRecord>,
+    /// Send leases: delivery → (holder, until, Unix ms).
+    leases: HashMap<DeliveryId, (String, i64)>,
     /// Held deliveries: (correlation, delivery) → due time (Unix ms).
     timers: BTreeMap<(String, DeliveryId), i64>,
     /// E-mail (lower case) → birthday.
@@ -295,6 +297,8 @@ impl DeliveryStore for MemoryStore {
     async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
         let mut state = self.write("save")?;
         for r in records {
+            // Recording an outcome releases the send lease in the same write, as DynamoDB's.
+            state.leases.remove(&r.id);
             // As SQLite's UPDATE: the state changes, what the delivery is does not, and an
             // id never inserted stays absent.
             if let Some(d) = state.deliveries.get_mut(&r.id) {
@@ -318,12 +322,15 @@ impl DeliveryStore for MemoryStore {
             .filter(|d| d.event_id.as_str() == event_id)
             .cloned()
             .collect();
+        // The id last: a map has no order of its own, and a test's answer must not change
+        // from one run to the next.
         out.sort_by(|a, b| {
-            (a.created_at, a.chain_depth, &a.rule, a.action_index).cmp(&(
+            (a.created_at, a.chain_depth, &a.rule, a.action_index, &a.id).cmp(&(
                 b.created_at,
                 b.chain_depth,
                 &b.rule,
                 b.action_index,
+                &b.id,
             ))
         });
         Ok(out)
@@ -344,6 +351,46 @@ impl DeliveryStore for MemoryStore {
             out.truncate(f.limit);
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl SendLeases for MemoryStore {
+    async fn take(
+        &self,
+        ids: &[DeliveryId],
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let mut state = self.write("take_leases")?;
+        let State {
+            deliveries, leases, ..
+        } = &mut *state;
+        let mut taken = Vec::new();
+        for id in ids {
+            let free = deliveries
+                .get(id)
+                .is_some_and(|d| d.status != DeliveryStatus::Sent)
+                && leases
+                    .get(id)
+                    .is_none_or(|(h, until)| *until <= now_ms || h == holder);
+            if free {
+                leases.insert(id.clone(), (holder.to_string(), until_ms));
+                taken.push(id.clone());
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn release(&self, ids: &[DeliveryId], holder: &str) -> Result<(), StoreError> {
+        let mut state = self.write("release_leases")?;
+        for id in ids {
+            if state.leases.get(id).is_some_and(|(h, _)| h == holder) {
+                state.leases.remove(id);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -568,7 +615,7 @@ mod tests {
         assert_eq!(s.begin(&late, T0 + 30_001).await.unwrap(), Begin::Started);
 
         s.complete(&late.id).await.unwrap();
-        s.release(&late.id).await.unwrap();
+        EventStore::release(&s, &late.id).await.unwrap();
         let kept = s.get("e1").await.unwrap().unwrap();
         assert_eq!(
             kept.status,
@@ -734,6 +781,55 @@ mod tests {
         let sent = s.list(&filter).await.unwrap();
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].id.as_str(), "d1");
+    }
+
+    #[tokio::test]
+    async fn a_lease_goes_to_one_holder_until_it_runs_out_or_an_outcome_is_recorded() {
+        let (s, _) = store();
+        let mut sent = scheduled("sent", "e1");
+        sent.status = DeliveryStatus::Sent;
+        s.insert_new(&[scheduled("d1", "e1"), scheduled("d2", "e1"), sent])
+            .await
+            .unwrap();
+        let ids = |names: &[&str]| -> Vec<DeliveryId> {
+            names.iter().map(|n| DeliveryId::from_stored(*n)).collect()
+        };
+        let all = ids(&["d1", "d2", "sent", "unknown"]);
+        assert_eq!(
+            s.take(&all, "a", T0, T0 + 10).await.unwrap(),
+            ids(&["d1", "d2"])
+        );
+        assert!(s.take(&all, "b", T0 + 9, T0 + 20).await.unwrap().is_empty());
+        // The holder may take its own lease again; another only once it has run out.
+        assert_eq!(
+            s.take(&ids(&["d1"]), "a", T0 + 9, T0 + 30).await.unwrap(),
+            ids(&["d1"])
+        );
+        assert_eq!(
+            s.take(&all, "b", T0 + 10, T0 + 40).await.unwrap(),
+            ids(&["d2"])
+        );
+
+        let d1 = s.get_many(&ids(&["d1"])).await.unwrap().remove(0);
+        s.save_many(&[d1]).await.unwrap();
+        assert_eq!(
+            s.take(&all, "c", T0 + 11, T0 + 50).await.unwrap(),
+            ids(&["d1"])
+        );
+        SendLeases::release(&s, &ids(&["d1", "d2"]), "c")
+            .await
+            .unwrap();
+        assert!(
+            s.take(&ids(&["d2"]), "c", T0 + 12, T0 + 50)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a release gives back only the releaser's own leases"
+        );
+        assert_eq!(
+            s.take(&ids(&["d1"]), "d", T0 + 12, T0 + 50).await.unwrap(),
+            ids(&["d1"])
+        );
     }
 
     #[tokio::test]

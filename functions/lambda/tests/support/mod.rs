@@ -3,56 +3,27 @@
 //! `scripts/test` starts at `RELAY_TEST_AWS_ENDPOINT`.
 #![allow(dead_code)]
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+mod resources;
+
+// Each test file uses a part of them.
+#[allow(unused_imports)]
+pub use resources::{
+    count_by_name, create_queue, create_table, endpoint, repo_root, trigger_delivery, unique,
 };
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use relay_lambda::Context;
 use relay_shared::adapters::aws::{AwsSettings, SdkConfig};
 use relay_shared::ports::clock::Clock;
 use relay_shared::rules::config::Config;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// The emulator's URL, or a failure that says how to get one: these tests never pass
-/// silently without it.
-pub fn endpoint() -> String {
-    match std::env::var("RELAY_TEST_AWS_ENDPOINT") {
-        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
-        _ => panic!(
-            "RELAY_TEST_AWS_ENDPOINT is not set: the AWS tests need the moto emulator. Run \
-             `scripts/test`, which installs and starts it, or start `moto_server -H 127.0.0.1 \
-             -p 5000` yourself and export RELAY_TEST_AWS_ENDPOINT=http://127.0.0.1:5000"
-        ),
-    }
-}
 
 /// A file of `events/aws/`.
 pub fn fixture(name: &str) -> String {
     let path = repo_root().join("events/aws").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The repository's root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// One test's resources on the emulator.
@@ -257,114 +228,4 @@ pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> S
         })
         .collect();
     serde_json::from_value(json!({"Records": records})).expect("an SQS event")
-}
-
-async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str, dlq_url: Option<&str>) -> String {
-    let mut req = sqs.create_queue().queue_name(name);
-    if let Some(dlq) = dlq_url {
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(dlq)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .expect("dlq arn")
-            .attributes
-            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-            .expect("a queue arn");
-        req = req.attributes(
-            QueueAttributeName::RedrivePolicy,
-            json!({"deadLetterTargetArn": arn, "maxReceiveCount": "30"}).to_string(),
-        );
-    }
-    req.send()
-        .await
-        .expect("create a queue")
-        .queue_url
-        .expect("a queue url")
-}
-
-/// The table's definition in template.yaml.
-fn table_definition() -> serde_yaml::Value {
-    let text = std::fs::read_to_string(repo_root().join("template.yaml")).expect("template.yaml");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("template.yaml is YAML");
-    doc["Resources"]["Table"]["Properties"].clone()
-}
-
-fn str_of(v: &serde_yaml::Value) -> &str {
-    v.as_str().expect("a string in the table definition")
-}
-
-fn key_schema(v: &serde_yaml::Value) -> Vec<KeySchemaElement> {
-    v.as_sequence()
-        .expect("a key schema")
-        .iter()
-        .map(|k| {
-            KeySchemaElement::builder()
-                .attribute_name(str_of(&k["AttributeName"]))
-                .key_type(KeyType::from(str_of(&k["KeyType"])))
-                .build()
-                .expect("a key")
-        })
-        .collect()
-}
-
-async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, name: &str) {
-    let def = table_definition();
-    let attrs: Vec<AttributeDefinition> = def["AttributeDefinitions"]
-        .as_sequence()
-        .expect("attribute definitions")
-        .iter()
-        .map(|a| {
-            AttributeDefinition::builder()
-                .attribute_name(str_of(&a["AttributeName"]))
-                .attribute_type(ScalarAttributeType::from(str_of(&a["AttributeType"])))
-                .build()
-                .expect("an attribute")
-        })
-        .collect();
-    let indexes: Vec<GlobalSecondaryIndex> = def["GlobalSecondaryIndexes"]
-        .as_sequence()
-        .expect("indexes")
-        .iter()
-        .map(|g| {
-            GlobalSecondaryIndex::builder()
-                .index_name(str_of(&g["IndexName"]))
-                .set_key_schema(Some(key_schema(&g["KeySchema"])))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::from(str_of(
-                            &g["Projection"]["ProjectionType"],
-                        )))
-                        .build(),
-                )
-                .build()
-                .expect("an index")
-        })
-        .collect();
-    assert_eq!(str_of(&def["BillingMode"]), "PAY_PER_REQUEST");
-    dynamodb
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .set_attribute_definitions(Some(attrs))
-        .set_key_schema(Some(key_schema(&def["KeySchema"])))
-        .set_global_secondary_indexes(Some(indexes))
-        .send()
-        .await
-        .expect("create the table");
-    let ttl = str_of(&def["TimeToLiveSpecification"]["AttributeName"]);
-    dynamodb
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name(ttl)
-                .enabled(true)
-                .build()
-                .expect("ttl"),
-        )
-        .send()
-        .await
-        .expect("enable ttl");
 }

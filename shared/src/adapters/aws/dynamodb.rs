@@ -1,4 +1,7 @@
-//! Events and deliveries in one DynamoDB table (`pk`/`sk`, TTL `expires_at`).
+//! Events and deliveries in one DynamoDB table (`pk`/`sk`, TTL `expires_at`, Unix seconds).
+//! The TTLs follow the config's `retention:` (`domain::retention`, the rule `relay serve`'s
+//! sweeper applies): an event's from its record, a finished delivery's `deliveries` after it
+//! finished, a dead one's `dead` after it died; a delivery with work left has none.
 //!
 //! Item families:
 //! - an event (its idempotency record): `pk = EVENT#<id>`, `sk = EVENT`;
@@ -14,12 +17,19 @@
 //!
 //! Idempotency follows AWS Lambda Powertools: one conditional PutItem claims a key, and
 //! `ReturnValuesOnConditionCheckFailure=ALL_OLD` returns the holder without a second call.
+//!
+//! A send lease (`SendLeases`) is two attributes of the delivery's item, `lease_holder` and
+//! `lease_until` (Unix ms), set by one conditional UpdateItem per delivery. Recording an
+//! outcome is a PutItem of the whole item, which has no lease attributes: the lease goes in
+//! the same write.
 
 use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::domain::event::EventId;
 use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
+use crate::domain::retention::Retention;
+use crate::ports::clock::Clock;
 use crate::ports::{
-    ContactStore, DeliveryFilter, DeliveryStore, EventStore, StoreError, TimerStore,
+    ContactStore, DeliveryFilter, DeliveryStore, EventStore, SendLeases, StoreError, TimerStore,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
@@ -28,14 +38,13 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The index that finds an event's deliveries.
 pub const BY_EVENT_INDEX: &str = "gsi1";
 /// The index that lists deliveries by status.
 pub const BY_STATUS_INDEX: &str = "gsi2";
-/// How long a delivery stays readable (and replayable) after it was created.
-pub const DELIVERY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// BatchGetItem takes at most this many keys.
 const BATCH_GET_LIMIT: usize = 100;
 /// How often unprocessed keys of a BatchGetItem are asked for again.
@@ -57,10 +66,22 @@ const TIMER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 type Item = HashMap<String, AttributeValue>;
 
 /// The DynamoDB store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// The time a delivery's TTL counts from.
+    clock: Arc<dyn Clock>,
+    retention: Retention,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore")
+            .field("table", &self.table)
+            .field("retention", &self.retention)
+            .finish()
+    }
 }
 
 fn unavailable<E, R>(e: SdkError<E, R>) -> StoreError
@@ -185,7 +206,8 @@ fn event_from_item(item: &Item) -> Result<EventRecord, StoreError> {
     })
 }
 
-fn delivery_to_item(d: &DeliveryRecord) -> Item {
+/// A delivery's item; `expires_at` (Unix seconds) is its TTL, none while it has work left.
+fn delivery_to_item(d: &DeliveryRecord, expires_at: Option<i64>) -> Item {
     let mut item: Item = HashMap::from([
         ("pk".into(), s(delivery_pk(d.id.as_str()))),
         ("sk".into(), s("DELIVERY")),
@@ -198,10 +220,6 @@ fn delivery_to_item(d: &DeliveryRecord) -> Item {
         ("attempts".into(), n(d.attempts)),
         ("created_at".into(), n(d.created_at)),
         ("chain_depth".into(), n(d.chain_depth)),
-        (
-            "expires_at".into(),
-            n(d.created_at / 1000 + DELIVERY_RETENTION.as_secs() as i64),
-        ),
         ("gsi1pk".into(), s(event_pk(d.event_id.as_str()))),
         (
             "gsi1sk".into(),
@@ -225,6 +243,7 @@ fn delivery_to_item(d: &DeliveryRecord) -> Item {
     opt("last_response", d.last_response.as_deref().map(s));
     opt("sent_at", d.sent_at.as_deref().map(s));
     opt("next_attempt_at", d.next_attempt_at.map(n));
+    opt("expires_at", expires_at.map(n));
     opt(
         "request",
         d.request
@@ -266,12 +285,32 @@ fn delivery_from_item(item: &Item) -> Result<DeliveryRecord, StoreError> {
 }
 
 impl DynamoStore {
-    /// A store on `table`.
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    /// A store on `table`, keeping records for the default windows.
+    pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
         Self {
             client,
             table: table.into(),
+            clock,
+            retention: Retention::default(),
         }
+    }
+
+    /// Keeps finished deliveries for these windows (the config's `retention:`).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// When a delivery written now in `status` may go (Unix seconds, DynamoDB's TTL unit).
+    fn expires_at(&self, status: DeliveryStatus) -> Option<i64> {
+        self.retention
+            .delivery_expires_at(status, self.clock.now_ms())
+            .map(|ms| ms.div_euclid(1000))
+    }
+
+    /// A delivery's item as written now.
+    fn item_of(&self, d: &DeliveryRecord) -> Item {
+        delivery_to_item(d, self.expires_at(d.status))
     }
 
     /// The table's name.
@@ -458,7 +497,7 @@ impl DeliveryStore for DynamoStore {
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(delivery_to_item(r)))
+                .set_item(Some(self.item_of(r)))
                 .condition_expression("attribute_not_exists(pk)")
                 .send()
                 .await;
@@ -533,11 +572,13 @@ impl DeliveryStore for DynamoStore {
     }
 
     async fn save(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
+        // The whole item is replaced, and `delivery_to_item` writes no lease: a send lease is
+        // released by the write that records the outcome.
         let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(delivery_to_item(record)));
+            .set_item(Some(self.item_of(record)));
         put = if record.status == DeliveryStatus::Sent {
             put.condition_expression("attribute_exists(pk)")
         } else {
@@ -677,13 +718,17 @@ impl TimerStore for DynamoStore {
                 .table_name(&self.table)
                 .set_key(Some(Self::key(delivery_pk(&id), "DELIVERY")))
                 .update_expression(
-                    "SET #status = :cancelled, gsi2pk = :gsi2pk, last_error = :why REMOVE next_attempt_at",
+                    "SET #status = :cancelled, gsi2pk = :gsi2pk, last_error = :why, expires_at = :expires REMOVE next_attempt_at",
                 )
                 .condition_expression("#status = :scheduled AND event_id <> :except")
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":cancelled", s(DeliveryStatus::Cancelled.as_str()))
                 .expression_attribute_values(":gsi2pk", s(status_pk(DeliveryStatus::Cancelled)))
                 .expression_attribute_values(":why", s("cancelled by a later event"))
+                .expression_attribute_values(
+                    ":expires",
+                    n(self.expires_at(DeliveryStatus::Cancelled).unwrap_or(0)),
+                )
                 .expression_attribute_values(":scheduled", s(DeliveryStatus::Scheduled.as_str()))
                 .expression_attribute_values(":except", s(except_event))
                 .send()
@@ -771,6 +816,109 @@ impl ContactStore for DynamoStore {
     }
 }
 
+/// Takes one delivery's lease: true when taken, false when it is sent, unknown, or leased
+/// to another holder until after `now_ms`.
+async fn take_lease(
+    client: Client,
+    table: String,
+    id: DeliveryId,
+    holder: String,
+    now_ms: i64,
+    until_ms: i64,
+) -> Result<bool, StoreError> {
+    let result = client
+        .update_item()
+        .table_name(table)
+        .set_key(Some(DynamoStore::key(delivery_pk(id.as_str()), "DELIVERY")))
+        .update_expression("SET lease_holder = :holder, lease_until = :until")
+        .condition_expression(
+            "attribute_exists(pk) AND #status <> :sent AND (attribute_not_exists(lease_until) OR lease_until <= :now OR lease_holder = :holder)",
+        )
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":sent", s(DeliveryStatus::Sent.as_str()))
+        .expression_attribute_values(":holder", s(holder))
+        .expression_attribute_values(":until", n(until_ms))
+        .expression_attribute_values(":now", n(now_ms))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failure(&e) => Ok(false),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// One conditional UpdateItem per delivery, all in flight at once, rather than one
+/// TransactWriteItems: a transaction fails whole when one delivery is leased elsewhere, and
+/// what is wanted is the subset that is free; the writes are independent, so a batch of 100
+/// still takes about one round trip.
+#[async_trait]
+impl SendLeases for DynamoStore {
+    async fn take(
+        &self,
+        ids: &[DeliveryId],
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let mut writes = tokio::task::JoinSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let write = take_lease(
+                self.client.clone(),
+                self.table.clone(),
+                id.clone(),
+                holder.to_string(),
+                now_ms,
+                until_ms,
+            );
+            writes.spawn(async move { (i, write.await) });
+        }
+        let mut taken = Vec::with_capacity(ids.len());
+        let mut failure = None;
+        while let Some(joined) = writes.join_next().await {
+            match joined {
+                Ok((i, Ok(true))) => taken.push(i),
+                Ok((_, Ok(false))) => {}
+                Ok((_, Err(e))) => failure = Some(e),
+                Err(e) => failure = Some(StoreError::Unavailable(format!("a lease write: {e}"))),
+            }
+        }
+        taken.sort_unstable();
+        let taken: Vec<DeliveryId> = taken.into_iter().map(|i| ids[i].clone()).collect();
+        if let Some(e) = failure {
+            // Nothing is sent on a partial answer; what was taken is given back now rather
+            // than held until it runs out.
+            if let Err(again) = SendLeases::release(self, &taken, holder).await {
+                tracing::warn!(error = %again, "could not give back leases; they run out on their own");
+            }
+            return Err(e);
+        }
+        Ok(taken)
+    }
+
+    async fn release(&self, ids: &[DeliveryId], holder: &str) -> Result<(), StoreError> {
+        for id in ids {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(delivery_pk(id.as_str()), "DELIVERY")))
+                .update_expression("REMOVE lease_holder, lease_until")
+                .condition_expression("lease_holder = :holder")
+                .expression_attribute_values(":holder", s(holder))
+                .send()
+                .await;
+            match result {
+                // Released already (an outcome was recorded), or taken over since: not ours.
+                Ok(_) => {}
+                Err(e) if is_condition_failure(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,14 +952,40 @@ mod tests {
     #[test]
     fn deliveries_round_trip_through_items() {
         let d = delivery();
-        let item = delivery_to_item(&d);
+        let item = delivery_to_item(&d, None);
         assert_eq!(delivery_from_item(&item).unwrap(), d);
         assert_eq!(item["gsi2pk"], s("DSTATUS#retrying"));
-        assert_eq!(item["expires_at"], n(1_700_000_000 + 30 * 24 * 3600));
         assert!(
             !item.contains_key("sent_at"),
             "absent fields are not stored"
         );
+    }
+
+    #[test]
+    fn a_delivery_expires_after_its_window_from_when_it_finished_and_never_while_it_waits() {
+        let clock = Arc::new(crate::ports::clock::ManualClock::at_ms(1_800_000_000_500));
+        let sdk = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .build();
+        let store =
+            DynamoStore::new(Client::from_conf(sdk), "relay", clock).with_retention(Retention {
+                events: Duration::from_secs(3600),
+                deliveries: Duration::from_secs(7200),
+                dead: Duration::from_secs(86_400),
+            });
+        let mut d = delivery();
+        for waiting in [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Retrying,
+            DeliveryStatus::Scheduled,
+        ] {
+            d.status = waiting;
+            assert!(!store.item_of(&d).contains_key("expires_at"), "{waiting:?}");
+        }
+        d.status = DeliveryStatus::Sent;
+        assert_eq!(store.item_of(&d)["expires_at"], n(1_800_000_000 + 7200));
+        d.status = DeliveryStatus::Dead;
+        assert_eq!(store.item_of(&d)["expires_at"], n(1_800_000_000 + 86_400));
     }
 
     #[test]
@@ -831,7 +1005,7 @@ mod tests {
 
     #[test]
     fn a_damaged_item_is_reported_not_guessed() {
-        let mut item = delivery_to_item(&delivery());
+        let mut item = delivery_to_item(&delivery(), None);
         item.insert("status".into(), s("shipped"));
         let err = delivery_from_item(&item).unwrap_err();
         assert!(err.to_string().contains("`status`"), "{err}");

@@ -15,7 +15,8 @@ pub use sqs::{DeadLetter, SqsQueue};
 
 pub use aws_config::SdkConfig;
 
-use crate::ports::clock::Clock;
+use crate::domain::retention::Retention;
+use crate::ports::clock::{Clock, SystemClock};
 use aws_config::BehaviorVersion;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use std::sync::Arc;
@@ -131,14 +132,25 @@ impl AwsStores {
         sdk: &SdkConfig,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, MissingSetting> {
-        Ok(Self::new(sdk, &AwsSettings::read(get, false)?))
+        Ok(Self::new(
+            sdk,
+            &AwsSettings::read(get, false)?,
+            Arc::new(SystemClock),
+        ))
     }
 
-    fn new(sdk: &SdkConfig, settings: &AwsSettings) -> Self {
+    /// Keeps finished deliveries for these windows (the config's `retention:`).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.store = Arc::new(DynamoStore::clone(&self.store).with_retention(retention));
+        self
+    }
+
+    fn new(sdk: &SdkConfig, settings: &AwsSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
             store: Arc::new(DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(sdk),
                 settings.table.clone(),
+                clock,
             )),
             queue: Arc::new(SqsQueue::new(
                 aws_sdk_sqs::Client::new(sdk),
@@ -167,7 +179,7 @@ pub struct AwsAdapters {
 impl AwsAdapters {
     /// Builds the clients from one SDK configuration.
     pub fn new(sdk: &SdkConfig, settings: &AwsSettings, clock: Arc<dyn Clock>) -> Self {
-        let AwsStores { store, queue } = AwsStores::new(sdk, settings);
+        let AwsStores { store, queue } = AwsStores::new(sdk, settings, clock.clone());
         Self {
             store,
             queue,
@@ -177,6 +189,12 @@ impl AwsAdapters {
                 clock,
             )),
         }
+    }
+
+    /// Keeps finished deliveries for these windows (the config's `retention:`).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.store = Arc::new(DynamoStore::clone(&self.store).with_retention(retention));
+        self
     }
 }
 
