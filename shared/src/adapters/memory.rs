@@ -295,9 +295,11 @@ impl DeliveryStore for MemoryStore {
     async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
         let mut state = self.write("save")?;
         for r in records {
-            // As SQLite's UPDATE: the state changes, what the delivery is does not, and an
-            // id never inserted stays absent.
+            // As SQLite's UPDATE: the state changes (with when its wait began, which a
+            // replay restarts), what the delivery is does not, and an id never inserted
+            // stays absent.
             if let Some(d) = state.deliveries.get_mut(&r.id) {
+                d.created_at = r.created_at;
                 d.status = r.status;
                 d.attempts = r.attempts;
                 d.last_error = r.last_error.clone();

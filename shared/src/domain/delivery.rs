@@ -229,7 +229,8 @@ pub struct DeliveryRecord {
     pub next_attempt_at: Option<i64>,
     /// The frozen request; `None` when rendering failed.
     pub request: Option<Prepared>,
-    /// When it was created (Unix ms).
+    /// When it was created (Unix ms), or last replayed: when its wait began, which
+    /// `delivery.max_age` counts from.
     pub created_at: i64,
     /// How many chained steps led here (0 for a rule matched directly).
     pub chain_depth: u32,
@@ -279,6 +280,26 @@ impl DeliveryRecord {
                 self.next_attempt_at = None;
             }
         }
+    }
+
+    /// Records a failed probe (a call made while the target's circuit was half open): the
+    /// outage is the target's fault, so no attempt is spent; the error is kept, and the
+    /// caller puts the delivery back with the waiting ones.
+    pub fn record_failed_probe(&mut self, outcome: &Outcome) {
+        if let Outcome::Retry {
+            reason, response, ..
+        } = outcome
+        {
+            self.last_error = Some(reason.clone());
+            self.last_response = response.clone();
+        }
+    }
+
+    /// Gives the delivery up without a call (it waited longer than `delivery.max_age`).
+    pub fn give_up(&mut self, reason: String) {
+        self.status = DeliveryStatus::Dead;
+        self.last_error = Some(reason);
+        self.next_attempt_at = None;
     }
 
     /// Records that the delivery was not sent because the relay runs dry (no SmartEmailing
@@ -416,6 +437,28 @@ mod tests {
         assert_eq!(d.status, DeliveryStatus::Dead);
         assert_eq!(d.attempts, 1);
         assert_eq!(d.last_error.as_deref(), Some("the target answered 422"));
+        assert_eq!(d.next_attempt_at, None);
+    }
+
+    #[test]
+    fn a_failed_probe_spends_no_attempt_and_keeps_the_error() {
+        let mut d = pending();
+        d.attempts = 3;
+        d.record_failed_probe(&retry("the target answered 503"));
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.attempts, 3);
+        assert_eq!(d.last_error.as_deref(), Some("the target answered 503"));
+        assert_eq!(d.last_response.as_deref(), Some("503 busy"));
+    }
+
+    #[test]
+    fn giving_up_is_dead_with_the_reason_and_spends_no_attempt() {
+        let mut d = pending();
+        d.next_attempt_at = Some(5);
+        d.give_up("waited too long".into());
+        assert_eq!(d.status, DeliveryStatus::Dead);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.last_error.as_deref(), Some("waited too long"));
         assert_eq!(d.next_attempt_at, None);
     }
 

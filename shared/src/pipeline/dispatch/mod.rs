@@ -1,8 +1,10 @@
 //! Sending deliveries, in phases as Svix's worker does: `triage` (which messages to send,
 //! drop or hold), `send` (the calls, with split-and-retry of bulk calls), `settle` (each
 //! delivery records its outcome), `chain` (the `then` steps of finished rules) and the ack.
-//! A pass is `Dispatcher::handle`: those phases in order.
+//! A pass is `Dispatcher::handle`: those phases in order. `age` gives up what waited longer
+//! than `delivery.max_age`.
 
+mod age;
 mod chain;
 mod send;
 mod settle;
@@ -16,7 +18,7 @@ pub use crate::pipeline::replay::replay;
 pub use send::target_of;
 pub use triage::QueueDelays;
 
-use crate::domain::delivery::{DeliveryId, DeliveryRecord};
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, Outcome};
 use crate::policy::breaker::{Breakers, Pacer};
 use crate::policy::retry::RetryPolicy;
 use crate::ports::clock::Clock;
@@ -119,6 +121,14 @@ impl Pass {
     fn done(&mut self, message: Message) {
         self.to_ack.push(message.handle);
     }
+
+    /// The delivery was given up without a call (it waited longer than `delivery.max_age`).
+    fn gave_up(&mut self, record: &DeliveryRecord) {
+        self.report.dead += 1;
+        self.report.dead_ids.push(record.id.clone());
+        let reason = record.last_error.as_deref().unwrap_or_default();
+        tracing::warn!(delivery = %record.id, rule = %record.rule, reason = %reason, "dead: waited longer than delivery.max_age");
+    }
 }
 
 impl Dispatcher {
@@ -202,16 +212,23 @@ impl Dispatcher {
     }
 
     /// Sends a group of deliveries that may share calls, one call at a time as the target's
-    /// breaker allows, recording each call's outcomes right after its answer.
+    /// breaker allows, recording each call's outcomes right after its answer. A failed probe
+    /// records no attempt: its delivery goes back to the waiting ones.
     async fn dispatch_group(
         &self,
         mut group: triage::Group,
         pass: &mut Pass,
     ) -> Result<(), DispatchError> {
         while let Some(chunk) = self.next_chunk(&mut group, pass).await? {
-            let records: Vec<&DeliveryRecord> = chunk.iter().map(|w| &w.record).collect();
+            let records: Vec<&DeliveryRecord> = chunk.work.iter().map(|w| &w.record).collect();
             let outcomes = self.send(&records, &mut pass.report).await;
-            self.settle(chunk, outcomes, pass).await?;
+            let failed = outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
+            if chunk.probe && failed {
+                self.probe_failed(&group, chunk.work, &outcomes, pass)
+                    .await?;
+            } else {
+                self.settle(chunk.work, outcomes, pass).await?;
+            }
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 use super::chain::ChainFrom;
 use super::send::target_of;
 use super::{DispatchError, Dispatcher, Pass, Work};
-use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Outcome, Prepared};
 use crate::policy::breaker::Gate;
 use crate::ports::queue::{DispatchJob, Message};
 use std::collections::{HashMap, HashSet};
@@ -73,6 +73,14 @@ pub(super) struct Group {
     limit: usize,
     /// The deliveries not sent yet, in the order they arrived.
     rest: Vec<Work>,
+}
+
+/// One call's share of a group.
+pub(super) struct Chunk {
+    /// The deliveries the call carries.
+    pub(super) work: Vec<Work>,
+    /// Whether the call probes a half-open circuit (its failure spends no attempt).
+    pub(super) probe: bool,
 }
 
 /// Groups the work by bulk key, keeping the order deliveries arrived in.
@@ -182,14 +190,14 @@ impl Dispatcher {
         &self,
         group: &mut Group,
         pass: &mut Pass,
-    ) -> Result<Option<Vec<Work>>, DispatchError> {
+    ) -> Result<Option<Chunk>, DispatchError> {
         if group.rest.is_empty() {
             return Ok(None);
         }
         let now_ms = self.ctx.clock.now_ms();
-        let take = match self.breakers.gate(&group.target, now_ms) {
-            Gate::Closed => group.limit,
-            Gate::HalfOpen => 1,
+        let (take, probe) = match self.breakers.gate(&group.target, now_ms) {
+            Gate::Closed => (group.limit, false),
+            Gate::HalfOpen => (1, true),
             Gate::Open { until_ms } => {
                 self.hold_open(std::mem::take(&mut group.rest), until_ms, now_ms, pass)
                     .await?;
@@ -197,11 +205,33 @@ impl Dispatcher {
             }
         };
         let tail = group.rest.split_off(group.rest.len().min(take));
-        Ok(Some(std::mem::replace(&mut group.rest, tail)))
+        let work = std::mem::replace(&mut group.rest, tail);
+        Ok(Some(Chunk { work, probe }))
+    }
+
+    /// A probe failed and re-opened the circuit: its deliveries keep their attempts and wait
+    /// with the rest of the group.
+    pub(super) async fn probe_failed(
+        &self,
+        group: &Group,
+        mut work: Vec<Work>,
+        outcomes: &[Outcome],
+        pass: &mut Pass,
+    ) -> Result<(), DispatchError> {
+        for (w, outcome) in work.iter_mut().zip(outcomes) {
+            w.record.record_failed_probe(outcome);
+        }
+        let now_ms = self.ctx.clock.now_ms();
+        let until_ms = match self.breakers.gate(&group.target, now_ms) {
+            Gate::Open { until_ms } => until_ms,
+            Gate::Closed | Gate::HalfOpen => now_ms,
+        };
+        self.hold_open(work, until_ms, now_ms, pass).await
     }
 
     /// Holds deliveries back while their target's circuit is open: each is due a little
-    /// after the circuit half-opens, so they do not all return in the same instant.
+    /// after the circuit half-opens, so they do not all return in the same instant. Those
+    /// that have waited longer than `delivery.max_age` are given up instead.
     async fn hold_open(
         &self,
         mut work: Vec<Work>,
@@ -211,13 +241,30 @@ impl Dispatcher {
     ) -> Result<(), DispatchError> {
         let mut held = Vec::with_capacity(work.len());
         for w in &mut work {
-            let due = until_ms + self.draw(0..1000, 0);
-            w.record.next_attempt_at = Some(due);
-            held.push(Duration::from_millis((due - now_ms).max(0) as u64));
+            match self.overdue(&w.record, now_ms) {
+                Some(reason) => {
+                    w.record.give_up(reason);
+                    held.push(None);
+                }
+                None => {
+                    let due = until_ms + self.draw(0..1000, 0);
+                    w.record.next_attempt_at = Some(due);
+                    held.push(Some(Duration::from_millis((due - now_ms).max(0) as u64)));
+                }
+            }
         }
         let records: Vec<DeliveryRecord> = work.iter().map(|w| w.record.clone()).collect();
         self.ctx.deliveries.save_many(&records).await?;
-        let messages = work.into_iter().map(|w| w.message).zip(held).collect();
+        let mut messages = Vec::with_capacity(work.len());
+        for (w, hold) in work.into_iter().zip(held) {
+            match hold {
+                Some(delay) => messages.push((w.message, delay)),
+                None => {
+                    pass.gave_up(&w.record);
+                    pass.done(w.message);
+                }
+            }
+        }
         self.hold_messages(messages, pass).await;
         Ok(())
     }
