@@ -399,3 +399,62 @@ async fn an_outage_longer_than_max_age_kills_everything_with_the_reason_and_repl
     assert!(all.iter().all(|d| d.status.as_str() == "sent"), "{all:?}");
     assert_each_triggered_once(&se, 30);
 }
+
+/// Issue 12: the same contact several times in one batch never shares a call (the fake
+/// answers 422 to a call with a duplicate row); the second goes in the next call, and each
+/// contact's deliveries to an endpoint keep the order of their events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_carries_each_contact_once_and_keeps_their_order() {
+    let se = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
+    let rules = "  - name: welcome\n    on: [contact.created]\n    actions:\n      - trigger_event: {name: welcome, payload: {n: \"{{ data.n }}\"}}\n      - add_to_list: {list: 12}\n";
+    let r = TestRelay::start(&config_yaml(&se.base_url(), rules), bundle(true)).await;
+    let contacts = [
+        "jan@example.com",
+        "petr@example.com",
+        "JAN@example.com",
+        "eva@example.com",
+        "jan@example.com",
+    ];
+    let events: Vec<Value> = contacts
+        .iter()
+        .enumerate()
+        .map(|(n, email)| {
+            let mut e = event(&format!("row-{n}"), "contact.created", email);
+            e["data"] = json!({"n": n});
+            e
+        })
+        .collect();
+    assert_eq!(
+        r.post("/v1/events", &json!({"events": events})).await.0,
+        202
+    );
+    for n in 0..contacts.len() {
+        let d = r.wait_settled(&format!("row-{n}"), 2).await;
+        assert!(d.iter().all(|x| x["status"] == "sent"), "{d:?}");
+    }
+    let refused: Vec<Value> = se
+        .requests()
+        .iter()
+        .filter(|q| q.status == 422)
+        .map(|q| q.response_body.clone())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "a call carried a contact twice: {refused:?}"
+    );
+    let jan: Vec<String> = se
+        .triggered_events()
+        .iter()
+        .filter(|t| {
+            t["emailaddress"].as_str().map(str::to_lowercase).as_deref() == Some("jan@example.com")
+        })
+        .map(|t| t["payload"]["n"].to_string())
+        .collect();
+    assert_eq!(
+        jan,
+        ["0", "2", "4"],
+        "jan's triggers in the order of the events"
+    );
+    assert_eq!(se.imported_contacts().len(), 5);
+    assert!(se.calls_to("/trigger-event") >= 3 && se.calls_to("/import") >= 3);
+}

@@ -102,6 +102,33 @@ impl Prepared {
             Prepared::Http { .. } => format!("http:{own_id}"),
         }
     }
+
+    /// The row a SmartEmailing item writes, which no call carries twice: no public client
+    /// sends two rows for one contact in a call, and what SmartEmailing does with two is
+    /// unknown (it may keep one, and a change is lost). The e-mail address for `/import`
+    /// and the send endpoints, e-mail and trigger name for `/trigger-event`, the order code
+    /// for `/import-orders`; prefixed with the endpoint. `None` for a webhook, or an item
+    /// without one.
+    pub fn row_key(&self) -> Option<String> {
+        let Prepared::SmartEmailing { endpoint, item, .. } = self else {
+            return None;
+        };
+        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+        // SmartEmailing knows a contact by its address whatever its case.
+        let email = |v: &Value| text(v, "emailaddress").map(|e| e.trim().to_lowercase());
+        let row = match endpoint {
+            Endpoint::TriggerEvent => {
+                let (address, name) = email(item).zip(text(item, "name"))?;
+                format!("{address}\u{0}{name}")
+            }
+            Endpoint::Import => email(item)?,
+            Endpoint::ImportOrders => text(item, "eshop_code")?,
+            Endpoint::CustomEmails | Endpoint::TransactionalEmails | Endpoint::CustomSms => {
+                email(item.get("recipient")?)?
+            }
+        };
+        Some(format!("{}:{row}", endpoint.path()))
+    }
 }
 
 /// Where a delivery stands.
@@ -460,6 +487,59 @@ mod tests {
         assert_eq!(d.attempts, 0);
         assert_eq!(d.last_error.as_deref(), Some("waited too long"));
         assert_eq!(d.next_attempt_at, None);
+    }
+
+    fn se(endpoint: Endpoint, item: Value) -> Prepared {
+        Prepared::SmartEmailing {
+            endpoint,
+            group: Value::Null,
+            item,
+        }
+    }
+
+    #[test]
+    fn a_row_is_the_contact_the_trigger_or_the_order() {
+        let trigger = |e: &str, n: &str| {
+            se(
+                Endpoint::TriggerEvent,
+                serde_json::json!({"emailaddress": e, "name": n}),
+            )
+        };
+        assert_eq!(
+            trigger("Jan@Example.com ", "welcome").row_key(),
+            trigger("jan@example.com", "welcome").row_key()
+        );
+        assert_ne!(
+            trigger("jan@example.com", "welcome").row_key(),
+            trigger("jan@example.com", "bye").row_key()
+        );
+        let import = se(
+            Endpoint::Import,
+            serde_json::json!({"emailaddress": "JAN@example.com", "name": "Jan"}),
+        );
+        assert_eq!(import.row_key().as_deref(), Some("/import:jan@example.com"));
+        let task = se(
+            Endpoint::CustomSms,
+            serde_json::json!({"recipient": {"emailaddress": "jan@example.com", "cellphone": "+420"}, "replace": []}),
+        );
+        assert_eq!(
+            task.row_key().as_deref(),
+            Some("/send/custom-sms-bulk:jan@example.com")
+        );
+        let order = se(
+            Endpoint::ImportOrders,
+            serde_json::json!({"eshop_name": "s", "eshop_code": "A-1"}),
+        );
+        assert_eq!(order.row_key().as_deref(), Some("/import-orders:A-1"));
+        let http = Prepared::Http {
+            method: "POST".into(),
+            url: "https://x".into(),
+            headers: vec![],
+            body: None,
+            auth: None,
+        };
+        assert_eq!(http.row_key(), None);
+        assert_eq!(se(Endpoint::Import, serde_json::json!({})).row_key(), None);
     }
 
     #[test]
