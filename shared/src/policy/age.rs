@@ -1,5 +1,5 @@
 //! How long a delivery may wait to be sent (`delivery.max_age`): past it, whatever kept it
-//! waiting (an outage, its retries, a lease held elsewhere), it is given up, so nothing waits
+//! waiting (an outage, its retries), it is given up, so nothing waits
 //! forever. Pure: the caller brings the clock.
 
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -1,6 +1,7 @@
 //! Age: a delivery that has waited longer than `delivery.max_age` is given up wherever it
-//! would wait again (a retry, an open circuit, a failed probe, a lease held elsewhere), with
-//! a reason saying how long and why, so nothing waits forever. A call that succeeds is never
+//! would wait again (a retry, an open circuit, a failed probe), with a reason saying how
+//! long and why, so nothing waits forever. One whose lease is held elsewhere is not: the
+//! holder is sending it and records the outcome. A call that succeeds is never
 //! refused for age: a replayed delivery gets its call.
 
 use super::send::target_of;

@@ -2,10 +2,12 @@
 //! drop or hold), `send` (the calls, with split-and-retry of bulk calls), `settle` (each
 //! delivery records its outcome), `chain` (the `then` steps of finished rules) and the ack.
 //! A pass is `Dispatcher::handle`: those phases in order. `age` gives up what waited longer
-//! than `delivery.max_age`.
+//! than `delivery.max_age`; `lease` takes each call's send leases where several workers may
+//! hold the same job (AWS).
 
 mod age;
 mod chain;
+mod lease;
 mod send;
 mod settle;
 mod triage;
@@ -24,7 +26,8 @@ use crate::policy::retry::RetryPolicy;
 use crate::ports::clock::Clock;
 use crate::ports::queue::{Message, QueueName};
 use crate::ports::{
-    Credentials, DeliveryStore, EventStore, Queue, QueueError, SecretError, StoreError, Transport,
+    Credentials, DeliveryStore, EventStore, Queue, QueueError, SecretError, SendLeases, StoreError,
+    Transport,
 };
 use crate::rules::config::Config;
 use chain::ChainFrom;
@@ -90,6 +93,9 @@ pub struct DispatchContext {
     pub transport: Arc<dyn Transport>,
     /// The time.
     pub clock: Arc<dyn Clock>,
+    /// Send leases, where several workers may be handed the same job (AWS); `None` for
+    /// `relay serve`, which holds the state lock.
+    pub leases: Option<Arc<dyn SendLeases>>,
 }
 
 /// The dispatch step.
@@ -100,6 +106,8 @@ pub struct Dispatcher {
     breakers: Breakers,
     pacer: Pacer,
     delays: QueueDelays,
+    /// Who this dispatcher is when it takes send leases.
+    holder: String,
 }
 
 /// A message and the delivery it names.
@@ -152,6 +160,7 @@ impl Dispatcher {
             credentials,
             transport,
             clock,
+            leases: None,
         };
         Self::from_context(ctx, seed)
     }
@@ -179,7 +188,15 @@ impl Dispatcher {
             breakers,
             pacer,
             delays: QueueDelays::Full,
+            holder: lease::new_holder(),
         }
+    }
+
+    /// Takes a send lease on each delivery before its call (see `lease`): for workers that
+    /// may be handed the same job at once.
+    pub fn with_leases(mut self, leases: Arc<dyn SendLeases>) -> Self {
+        self.ctx.leases = Some(leases);
+        self
     }
 
     /// Says how long the dispatch queue can hide a message, which decides what a retry's
@@ -220,14 +237,27 @@ impl Dispatcher {
         pass: &mut Pass,
     ) -> Result<(), DispatchError> {
         while let Some(chunk) = self.next_chunk(&mut group, pass).await? {
+            let chunk = self.lease(chunk, pass).await?;
+            if chunk.work.is_empty() {
+                continue;
+            }
+            let ids: Vec<DeliveryId> = chunk.work.iter().map(|w| w.record.id.clone()).collect();
             let records: Vec<&DeliveryRecord> = chunk.work.iter().map(|w| &w.record).collect();
+            let calls_before = pass.report.calls;
             let outcomes = self.send(&records, &mut pass.report).await;
             let failed = outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
-            if chunk.probe && failed {
-                self.probe_failed(&group, chunk.work, &outcomes, pass)
-                    .await?;
+            let recorded = if chunk.probe && failed {
+                self.probe_failed(&group, chunk.work, &outcomes, pass).await
             } else {
-                self.settle(chunk.work, outcomes, pass).await?;
+                self.settle(chunk.work, outcomes, pass).await
+            };
+            if let Err(e) = recorded {
+                // Recording releases the leases; when it failed, only a call not made may
+                // give them back: after a call, another worker must not send again.
+                if pass.report.calls == calls_before {
+                    self.release(&ids).await;
+                }
+                return Err(e);
             }
         }
         Ok(())

@@ -308,7 +308,7 @@ impl Dispatcher {
 
     /// Hides messages again for their delays, without spending an attempt; if the queue
     /// fails, they are seen again after the pass's visibility timeout and held once more.
-    async fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
+    pub(super) async fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
         if held.is_empty() {
             return;
         }
