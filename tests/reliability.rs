@@ -104,16 +104,7 @@ async fn a_six_hour_outage_ends_with_everything_sent_and_nothing_dead() {
         TestRelay::start_with_clock(&config(&se.base_url(), RULES), bundle(true), clock.clone())
             .await;
     se.set_default_fault(Some(Fault::status(503)));
-    let ids: Vec<String> = (0..30).map(|i| format!("o-{i}")).collect();
-    let events: Vec<Value> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| event(id, "contact.created", &format!("o{i}@example.com")))
-        .collect();
-    assert_eq!(
-        r.post("/v1/events", &json!({"events": events})).await.0,
-        202
-    );
+    let ids = post_contacts(&r, "o", 30).await;
     settle(&r).await;
 
     // Six hours of 503s, a minute at a time.
@@ -156,15 +147,7 @@ async fn a_six_hour_outage_ends_with_everything_sent_and_nothing_dead() {
             "not everything was sent within 12 h of the recovery"
         );
     }
-    let mut emails: Vec<String> = se
-        .triggered_events()
-        .iter()
-        .map(|t| t["emailaddress"].as_str().unwrap().to_string())
-        .collect();
-    emails.sort();
-    emails.dedup();
-    assert_eq!(emails.len(), 30);
-    assert_eq!(se.triggered_events().len(), 30, "nothing sent twice");
+    assert_each_triggered_once(&se, 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,16 +268,7 @@ async fn a_wrong_key_opens_the_circuit_instead_of_burning_attempts() {
         TestRelay::start_with_clock(&config(&se.base_url(), RULES), bundle(true), clock.clone())
             .await;
     se.set_api_key("someone-rotated-it");
-    let ids: Vec<String> = (0..10).map(|i| format!("w-{i}")).collect();
-    let events: Vec<Value> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| event(id, "contact.created", &format!("w{i}@example.com")))
-        .collect();
-    assert_eq!(
-        r.post("/v1/events", &json!({"events": events})).await.0,
-        202
-    );
+    let ids = post_contacts(&r, "w", 10).await;
     settle(&r).await;
     let all = records(&r, &ids).await;
     let dead = all.iter().filter(|d| d.status.as_str() == "dead").count();
