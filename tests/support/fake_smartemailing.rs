@@ -13,8 +13,9 @@
 //! 4. Route / method → 404 / 405.
 //! 5. POST: `Content-Type: application/json` and a valid JSON body → else 400.
 //! 6. Body validation → 422.
-//! 7. `reject_emails` addresses → 422 `Invalid emailaddress: <addr>`.
-//! 8. The normal answer (200/201).
+//! 7. The same contact (or order) twice in one bulk call → 422 `Duplicate row in one call`.
+//! 8. `reject_emails` addresses → 422 `Invalid emailaddress: <addr>`.
+//! 9. The normal answer (200/201).
 //!
 //! Every request is recorded (also refused and fault-answered ones) *before* the answer is
 //! sent, so once the client has its answer the fake already knows about the request. A
@@ -481,6 +482,31 @@ fn items_of(path: &str, body: &Value) -> Vec<Value> {
     }
 }
 
+/// The first row a bulk call carries twice, if any. No public client sends two rows for the
+/// same contact (or order) in one call and what SmartEmailing does with them is unknown, so
+/// the fake refuses them: the e-mail for `/import` and the send endpoints, e-mail and name
+/// for `/trigger-event`, the order code for `/import-orders`.
+fn duplicate_row(path: &str, body: &Value) -> Option<String> {
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let email = |v: &Value| text(v, "emailaddress").map(|e| e.trim().to_ascii_lowercase());
+    let mut seen = std::collections::HashSet::new();
+    for item in items_of(path, body) {
+        let row = match path {
+            "/trigger-event" => email(&item)
+                .zip(text(&item, "name"))
+                .map(|(e, n)| format!("{e} {n}")),
+            "/import" => email(&item),
+            "/import-orders" => text(&item, "eshop_code"),
+            p if p.starts_with("/send/") => item.get("recipient").and_then(email),
+            _ => None,
+        };
+        if let Some(row) = row.filter(|r| !seen.insert(r.clone())) {
+            return Some(row);
+        }
+    }
+    None
+}
+
 // ---------------------------------------------------------------------------------------
 // Killable connections (see the module docs)
 // ---------------------------------------------------------------------------------------
@@ -940,6 +966,9 @@ fn route(
         Ok(emails) => emails,
         Err(msg) => return Answer::error(422, &msg),
     };
+    if let Some(row) = duplicate_row(path, &json) {
+        return Answer::error(422, &format!("Duplicate row in one call: {row}"));
+    }
     if let Some(bad) = emails
         .iter()
         .find(|e| st.rejected.contains(&e.trim().to_ascii_lowercase()))

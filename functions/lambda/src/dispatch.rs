@@ -36,7 +36,8 @@ impl<P: Ports> DispatchHandler<P> {
             )
             // SQS hides a message for 12 hours at most, so a retry due later comes back
             // early: it is the scheduled message itself, and the core holds it again.
-            .with_queue_delays(QueueDelays::Capped),
+            .with_queue_delays(QueueDelays::Capped)
+            .with_leases(ctx.ports.store.clone()),
             store: ctx.ports.store.clone(),
             queue: ctx.ports.queue.clone(),
         }

@@ -74,7 +74,6 @@ fn container(emu: &Emulator, fake: &FakeSmartEmailing) -> (Context, DispatchHand
 }
 
 #[tokio::test]
-#[ignore = "needs Dispatcher::with_leases from the core"]
 async fn two_dispatch_handlers_given_the_same_batch_at_once_make_one_call_per_delivery() {
     let fake = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
     let emu = Emulator::start(&secret_json(Some((SE_USER, SE_KEY)))).await;
@@ -110,7 +109,6 @@ async fn two_dispatch_handlers_given_the_same_batch_at_once_make_one_call_per_de
 }
 
 #[tokio::test]
-#[ignore = "needs Dispatcher::with_leases from the core"]
 async fn a_handler_that_dies_holding_the_lease_delays_the_delivery_by_at_most_the_lease() {
     let fake = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
     let emu = Emulator::start(&secret_json(Some((SE_USER, SE_KEY)))).await;

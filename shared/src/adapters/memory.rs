@@ -299,9 +299,11 @@ impl DeliveryStore for MemoryStore {
         for r in records {
             // Recording an outcome releases the send lease in the same write, as DynamoDB's.
             state.leases.remove(&r.id);
-            // As SQLite's UPDATE: the state changes, what the delivery is does not, and an
-            // id never inserted stays absent.
+            // As SQLite's UPDATE: the state changes (with when its wait began, which a
+            // replay restarts), what the delivery is does not, and an id never inserted
+            // stays absent.
             if let Some(d) = state.deliveries.get_mut(&r.id) {
+                d.created_at = r.created_at;
                 d.status = r.status;
                 d.attempts = r.attempts;
                 d.last_error = r.last_error.clone();

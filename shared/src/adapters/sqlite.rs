@@ -801,7 +801,7 @@ impl DeliveryStore for SqliteStore {
             execute_each(
                 conn,
                 "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
-                 next_attempt_at = ?7, request = ?8, expires_at = ?9 WHERE id = ?1",
+                 next_attempt_at = ?7, request = ?8, expires_at = ?9, created_at = ?10 WHERE id = ?1",
                 &records,
                 |stmt, r| {
                     stmt.execute(params![
@@ -814,6 +814,7 @@ impl DeliveryStore for SqliteStore {
                         r.next_attempt_at,
                         request_json(r),
                         retention.delivery_expires_at(r.status, now),
+                        r.created_at,
                     ])
                 },
             )

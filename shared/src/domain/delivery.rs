@@ -102,6 +102,33 @@ impl Prepared {
             Prepared::Http { .. } => format!("http:{own_id}"),
         }
     }
+
+    /// The row a SmartEmailing item writes, which no call carries twice: no public client
+    /// sends two rows for one contact in a call, and what SmartEmailing does with two is
+    /// unknown (it may keep one, and a change is lost). The e-mail address for `/import`
+    /// and the send endpoints, e-mail and trigger name for `/trigger-event`, the order code
+    /// for `/import-orders`; prefixed with the endpoint. `None` for a webhook, or an item
+    /// without one.
+    pub fn row_key(&self) -> Option<String> {
+        let Prepared::SmartEmailing { endpoint, item, .. } = self else {
+            return None;
+        };
+        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+        // SmartEmailing knows a contact by its address whatever its case.
+        let email = |v: &Value| text(v, "emailaddress").map(|e| e.trim().to_lowercase());
+        let row = match endpoint {
+            Endpoint::TriggerEvent => {
+                let (address, name) = email(item).zip(text(item, "name"))?;
+                format!("{address}\u{0}{name}")
+            }
+            Endpoint::Import => email(item)?,
+            Endpoint::ImportOrders => text(item, "eshop_code")?,
+            Endpoint::CustomEmails | Endpoint::TransactionalEmails | Endpoint::CustomSms => {
+                email(item.get("recipient")?)?
+            }
+        };
+        Some(format!("{}:{row}", endpoint.path()))
+    }
 }
 
 /// Where a delivery stands.
@@ -229,7 +256,8 @@ pub struct DeliveryRecord {
     pub next_attempt_at: Option<i64>,
     /// The frozen request; `None` when rendering failed.
     pub request: Option<Prepared>,
-    /// When it was created (Unix ms).
+    /// When it was created (Unix ms), or last replayed: when its wait began, which
+    /// `delivery.max_age` counts from.
     pub created_at: i64,
     /// How many chained steps led here (0 for a rule matched directly).
     pub chain_depth: u32,
@@ -279,6 +307,26 @@ impl DeliveryRecord {
                 self.next_attempt_at = None;
             }
         }
+    }
+
+    /// Records a failed probe (a call made while the target's circuit was half open): the
+    /// outage is the target's fault, so no attempt is spent; the error is kept, and the
+    /// caller puts the delivery back with the waiting ones.
+    pub fn record_failed_probe(&mut self, outcome: &Outcome) {
+        if let Outcome::Retry {
+            reason, response, ..
+        } = outcome
+        {
+            self.last_error = Some(reason.clone());
+            self.last_response = response.clone();
+        }
+    }
+
+    /// Gives the delivery up without a call (it waited longer than `delivery.max_age`).
+    pub fn give_up(&mut self, reason: String) {
+        self.status = DeliveryStatus::Dead;
+        self.last_error = Some(reason);
+        self.next_attempt_at = None;
     }
 
     /// Records that the delivery was not sent because the relay runs dry (no SmartEmailing
@@ -417,6 +465,81 @@ mod tests {
         assert_eq!(d.attempts, 1);
         assert_eq!(d.last_error.as_deref(), Some("the target answered 422"));
         assert_eq!(d.next_attempt_at, None);
+    }
+
+    #[test]
+    fn a_failed_probe_spends_no_attempt_and_keeps_the_error() {
+        let mut d = pending();
+        d.attempts = 3;
+        d.record_failed_probe(&retry("the target answered 503"));
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.attempts, 3);
+        assert_eq!(d.last_error.as_deref(), Some("the target answered 503"));
+        assert_eq!(d.last_response.as_deref(), Some("503 busy"));
+    }
+
+    #[test]
+    fn giving_up_is_dead_with_the_reason_and_spends_no_attempt() {
+        let mut d = pending();
+        d.next_attempt_at = Some(5);
+        d.give_up("waited too long".into());
+        assert_eq!(d.status, DeliveryStatus::Dead);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.last_error.as_deref(), Some("waited too long"));
+        assert_eq!(d.next_attempt_at, None);
+    }
+
+    fn se(endpoint: Endpoint, item: Value) -> Prepared {
+        Prepared::SmartEmailing {
+            endpoint,
+            group: Value::Null,
+            item,
+        }
+    }
+
+    #[test]
+    fn a_row_is_the_contact_the_trigger_or_the_order() {
+        let trigger = |e: &str, n: &str| {
+            se(
+                Endpoint::TriggerEvent,
+                serde_json::json!({"emailaddress": e, "name": n}),
+            )
+        };
+        assert_eq!(
+            trigger("Jan@Example.com ", "welcome").row_key(),
+            trigger("jan@example.com", "welcome").row_key()
+        );
+        assert_ne!(
+            trigger("jan@example.com", "welcome").row_key(),
+            trigger("jan@example.com", "bye").row_key()
+        );
+        let import = se(
+            Endpoint::Import,
+            serde_json::json!({"emailaddress": "JAN@example.com", "name": "Jan"}),
+        );
+        assert_eq!(import.row_key().as_deref(), Some("/import:jan@example.com"));
+        let task = se(
+            Endpoint::CustomSms,
+            serde_json::json!({"recipient": {"emailaddress": "jan@example.com", "cellphone": "+420"}, "replace": []}),
+        );
+        assert_eq!(
+            task.row_key().as_deref(),
+            Some("/send/custom-sms-bulk:jan@example.com")
+        );
+        let order = se(
+            Endpoint::ImportOrders,
+            serde_json::json!({"eshop_name": "s", "eshop_code": "A-1"}),
+        );
+        assert_eq!(order.row_key().as_deref(), Some("/import-orders:A-1"));
+        let http = Prepared::Http {
+            method: "POST".into(),
+            url: "https://x".into(),
+            headers: vec![],
+            body: None,
+            auth: None,
+        };
+        assert_eq!(http.row_key(), None);
+        assert_eq!(se(Endpoint::Import, serde_json::json!({})).row_key(), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Replay: deliveries put back in the dispatch queue with their original ids. A delivery
 //! already sent is left alone, so a replay never sends twice; one whose rendering failed is
-//! rendered again with the current config.
+//! rendered again with the current config. A replay is a new acceptance: the delivery's
+//! wait (`created_at`, which `delivery.max_age` counts from) starts over.
 
 use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus};
 use crate::domain::event::Event;
@@ -48,6 +49,7 @@ pub async fn replay(
         rec.status = DeliveryStatus::Pending;
         rec.attempts = 0;
         rec.next_attempt_at = None;
+        rec.created_at = now.timestamp_millis();
         deliveries.save(&rec).await?;
         let body = serde_json::to_string(&DispatchJob {
             delivery: rec.id.clone(),

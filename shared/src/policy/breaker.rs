@@ -2,7 +2,8 @@
 //!
 //! A breaker opens after a run of failed calls; while open, deliveries wait without spending
 //! attempts; after `probe_after` one call (carrying one delivery) probes the target, and a
-//! success closes the breaker. State is per process (per Lambda container on AWS), which is
+//! success closes the breaker. A failed probe spends no attempt either: the outage is the
+//! target's fault, not the delivery's. State is per process (per Lambda container on AWS), which is
 //! what a breaker needs: it protects the target from this process's calls.
 
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ pub enum Gate {
 struct State {
     failures: u32,
     open_until_ms: Option<i64>,
+    /// When the run of failed calls began (Unix ms).
+    failing_since_ms: Option<i64>,
 }
 
 /// The breakers of every target.
@@ -57,6 +60,14 @@ impl Breakers {
         }
     }
 
+    /// Since when (Unix ms) the target has not answered, while its circuit is open or half
+    /// open; `None` while it is closed.
+    pub fn down_since(&self, target: &str) -> Option<i64> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let s = states.get(target)?;
+        s.open_until_ms.and(s.failing_since_ms)
+    }
+
     /// Records a call that reached the target and was answered sensibly.
     pub fn success(&self, target: &str) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
@@ -74,6 +85,7 @@ impl Breakers {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let s = states.entry(target.to_string()).or_default();
         s.failures += 1;
+        s.failing_since_ms.get_or_insert(now_ms);
         let was_half_open = s.open_until_ms.is_some();
         if force || was_half_open || s.failures >= self.open_after {
             s.open_until_ms = Some(now_ms + self.probe_after.as_millis() as i64);
@@ -146,8 +158,14 @@ mod tests {
         // A failed probe opens it again at once.
         b.failure("se", 30_010, false);
         assert_eq!(b.gate("se", 30_011), Gate::Open { until_ms: 60_010 });
+        assert_eq!(
+            b.down_since("se"),
+            Some(0),
+            "down since the first failure of the run"
+        );
         b.success("se");
         assert_eq!(b.gate("se", 30_012), Gate::Closed);
+        assert_eq!(b.down_since("se"), None);
     }
 
     #[test]
@@ -157,6 +175,7 @@ mod tests {
         b.success("se");
         b.failure("se", 0, false);
         assert_eq!(b.gate("se", 0), Gate::Closed);
+        assert_eq!(b.down_since("se"), None, "a closed circuit is not down");
         b.failure("se", 0, true);
         assert!(matches!(b.gate("se", 0), Gate::Open { .. }));
     }

@@ -1,9 +1,13 @@
 //! Sending deliveries, in phases as Svix's worker does: `triage` (which messages to send,
 //! drop or hold), `send` (the calls, with split-and-retry of bulk calls), `settle` (each
 //! delivery records its outcome), `chain` (the `then` steps of finished rules) and the ack.
-//! A pass is `Dispatcher::handle`: those phases in order.
+//! A pass is `Dispatcher::handle`: those phases in order. `age` gives up what waited longer
+//! than `delivery.max_age`; `lease` takes each call's send leases where several workers may
+//! hold the same job (AWS).
 
+mod age;
 mod chain;
+mod lease;
 mod send;
 mod settle;
 mod triage;
@@ -16,13 +20,14 @@ pub use crate::pipeline::replay::replay;
 pub use send::target_of;
 pub use triage::QueueDelays;
 
-use crate::domain::delivery::{DeliveryId, DeliveryRecord};
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, Outcome};
 use crate::policy::breaker::{Breakers, Pacer};
 use crate::policy::retry::RetryPolicy;
 use crate::ports::clock::Clock;
 use crate::ports::queue::{Message, QueueName};
 use crate::ports::{
-    Credentials, DeliveryStore, EventStore, Queue, QueueError, SecretError, StoreError, Transport,
+    Credentials, DeliveryStore, EventStore, Queue, QueueError, SecretError, SendLeases, StoreError,
+    Transport,
 };
 use crate::rules::config::Config;
 use chain::ChainFrom;
@@ -88,6 +93,9 @@ pub struct DispatchContext {
     pub transport: Arc<dyn Transport>,
     /// The time.
     pub clock: Arc<dyn Clock>,
+    /// Send leases, where several workers may be handed the same job (AWS); `None` for
+    /// `relay serve`, which holds the state lock.
+    pub leases: Option<Arc<dyn SendLeases>>,
 }
 
 /// The dispatch step.
@@ -98,6 +106,8 @@ pub struct Dispatcher {
     breakers: Breakers,
     pacer: Pacer,
     delays: QueueDelays,
+    /// Who this dispatcher is when it takes send leases.
+    holder: String,
 }
 
 /// A message and the delivery it names.
@@ -118,6 +128,14 @@ impl Pass {
     /// The message is handled: delete it at the end of the pass.
     fn done(&mut self, message: Message) {
         self.to_ack.push(message.handle);
+    }
+
+    /// The delivery was given up without a call (it waited longer than `delivery.max_age`).
+    fn gave_up(&mut self, record: &DeliveryRecord) {
+        self.report.dead += 1;
+        self.report.dead_ids.push(record.id.clone());
+        let reason = record.last_error.as_deref().unwrap_or_default();
+        tracing::warn!(delivery = %record.id, rule = %record.rule, reason = %reason, "dead: waited longer than delivery.max_age");
     }
 }
 
@@ -142,6 +160,7 @@ impl Dispatcher {
             credentials,
             transport,
             clock,
+            leases: None,
         };
         Self::from_context(ctx, seed)
     }
@@ -169,7 +188,15 @@ impl Dispatcher {
             breakers,
             pacer,
             delays: QueueDelays::Full,
+            holder: lease::new_holder(),
         }
+    }
+
+    /// Takes a send lease on each delivery before its call (see `lease`): for workers that
+    /// may be handed the same job at once.
+    pub fn with_leases(mut self, leases: Arc<dyn SendLeases>) -> Self {
+        self.ctx.leases = Some(leases);
+        self
     }
 
     /// Says how long the dispatch queue can hide a message, which decides what a retry's
@@ -202,16 +229,36 @@ impl Dispatcher {
     }
 
     /// Sends a group of deliveries that may share calls, one call at a time as the target's
-    /// breaker allows, recording each call's outcomes right after its answer.
+    /// breaker allows, recording each call's outcomes right after its answer. A failed probe
+    /// records no attempt: its delivery goes back to the waiting ones.
     async fn dispatch_group(
         &self,
         mut group: triage::Group,
         pass: &mut Pass,
     ) -> Result<(), DispatchError> {
         while let Some(chunk) = self.next_chunk(&mut group, pass).await? {
-            let records: Vec<&DeliveryRecord> = chunk.iter().map(|w| &w.record).collect();
+            let chunk = self.lease(chunk, pass).await?;
+            if chunk.work.is_empty() {
+                continue;
+            }
+            let ids: Vec<DeliveryId> = chunk.work.iter().map(|w| w.record.id.clone()).collect();
+            let records: Vec<&DeliveryRecord> = chunk.work.iter().map(|w| &w.record).collect();
+            let calls_before = pass.report.calls;
             let outcomes = self.send(&records, &mut pass.report).await;
-            self.settle(chunk, outcomes, pass).await?;
+            let failed = outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
+            let recorded = if chunk.probe && failed {
+                self.probe_failed(&group, chunk.work, &outcomes, pass).await
+            } else {
+                self.settle(chunk.work, outcomes, pass).await
+            };
+            if let Err(e) = recorded {
+                // Recording releases the leases; when it failed, only a call not made may
+                // give them back: after a call, another worker must not send again.
+                if pass.report.calls == calls_before {
+                    self.release(&ids).await;
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -71,8 +71,14 @@ impl Dispatcher {
         let now = self.ctx.clock.now();
         let mut settled: Vec<(Work, Option<Duration>)> = Vec::with_capacity(chunk.len());
         for (mut w, outcome) in chunk.into_iter().zip(outcomes) {
-            let retry_in = self.retry_in(&w.record, &outcome);
+            let mut retry_in = self.retry_in(&w.record, &outcome);
             w.record.record(&outcome, now, retry_in);
+            if w.record.status == DeliveryStatus::Retrying {
+                if let Some(reason) = self.overdue(&w.record, now.timestamp_millis()) {
+                    w.record.give_up(reason);
+                    retry_in = None;
+                }
+            }
             tally(&mut pass.report, &w.record, &outcome, retry_in);
             settled.push((w, retry_in));
         }

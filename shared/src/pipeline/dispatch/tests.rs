@@ -66,6 +66,7 @@ struct Bench {
     _dir: tempfile::TempDir,
     store: Arc<SqliteStore>,
     script: Arc<Script>,
+    clock: Arc<ManualClock>,
     ctx: DispatchContext,
 }
 
@@ -100,12 +101,14 @@ fn bench_with(open_after: u32, rules: &str, answers: &[u16], smartemailing: bool
         queue: store.clone(),
         credentials: Arc::new(StaticCredentials::new(bundle)),
         transport: script.clone(),
-        clock,
+        clock: clock.clone(),
+        leases: None,
     };
     Bench {
         _dir: dir,
         store,
         script,
+        clock,
         ctx,
     }
 }
@@ -328,4 +331,104 @@ async fn a_sent_delivery_whose_rule_is_done_enqueues_its_then_step() {
     let job: crate::ports::queue::RenderJob = serde_json::from_str(&jobs[0].body).unwrap();
     assert_eq!(job.rules, Some(vec!["welcome-2".to_string()]));
     assert_eq!(job.depth, 1);
+}
+
+/// One `take`: the ids, the holder, now and until (Unix ms).
+type Take = (Vec<DeliveryId>, String, i64, i64);
+
+/// Send leases that another worker holds for some deliveries; records what was asked.
+#[derive(Default)]
+struct Leases {
+    held_elsewhere: Vec<DeliveryId>,
+    taken: Mutex<Vec<Take>>,
+    released: Mutex<Vec<DeliveryId>>,
+}
+
+#[async_trait]
+impl SendLeases for Leases {
+    async fn take(
+        &self,
+        ids: &[DeliveryId],
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        self.taken
+            .lock()
+            .unwrap()
+            .push((ids.to_vec(), holder.to_string(), now_ms, until_ms));
+        Ok(ids
+            .iter()
+            .filter(|id| !self.held_elsewhere.contains(id))
+            .cloned()
+            .collect())
+    }
+
+    async fn release(&self, ids: &[DeliveryId], _holder: &str) -> Result<(), StoreError> {
+        self.released.lock().unwrap().extend_from_slice(ids);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_leased_elsewhere_is_not_in_the_call_and_waits_for_the_lease() {
+    let b = bench(&[], true);
+    let records: Vec<DeliveryRecord> = (1..=3)
+        .map(|n| delivery(n, DeliveryStatus::Pending, None))
+        .collect();
+    let leases = Arc::new(Leases {
+        held_elsewhere: vec![records[1].id.clone()],
+        ..Leases::default()
+    });
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1)).with_leases(leases.clone());
+    let report = b.pass(&d, &records).await;
+    assert_eq!((report.sent, report.waiting, report.calls), (2, 1, 1));
+    let call = b.script.calls.lock().unwrap()[0].clone();
+    let body: serde_json::Value = serde_json::from_slice(&call.body.unwrap()).unwrap();
+    let emails: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["emailaddress"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["c1@example.com", "c3@example.com"]);
+    {
+        let taken = leases.taken.lock().unwrap();
+        let (ids, holder, now, until) = &taken[0];
+        assert_eq!(ids.len(), 3);
+        assert!(holder.starts_with("dispatch-"));
+        assert_eq!(
+            (*now, *until),
+            (NOW_MS, NOW_MS + 30_000 + 10_000),
+            "the call's timeout and 10 s"
+        );
+    }
+    let waiting = b.status(&records[1]).await;
+    assert_eq!(
+        (waiting.status, waiting.attempts),
+        (DeliveryStatus::Pending, 0)
+    );
+    // Its message is hidden until the lease ends, then seen again.
+    b.clock.advance(Duration::from_secs(39));
+    let early = b
+        .store
+        .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        early.is_empty(),
+        "hidden while the other worker's lease lasts"
+    );
+    b.clock.advance(Duration::from_secs(1));
+    let later = b
+        .store
+        .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert!(later[0].body.contains(records[1].id.as_str()));
+    assert!(
+        leases.released.lock().unwrap().is_empty(),
+        "the outcome's write releases"
+    );
 }

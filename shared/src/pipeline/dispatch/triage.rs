@@ -7,7 +7,7 @@
 use super::chain::ChainFrom;
 use super::send::target_of;
 use super::{DispatchError, Dispatcher, Pass, Work};
-use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Outcome, Prepared};
 use crate::policy::breaker::Gate;
 use crate::ports::queue::{DispatchJob, Message};
 use std::collections::{HashMap, HashSet};
@@ -75,17 +75,45 @@ pub(super) struct Group {
     rest: Vec<Work>,
 }
 
-/// Groups the work by bulk key, keeping the order deliveries arrived in.
+/// One call's share of a group.
+pub(super) struct Chunk {
+    /// The deliveries the call carries.
+    pub(super) work: Vec<Work>,
+    /// Whether the call probes a half-open circuit (its failure spends no attempt).
+    pub(super) probe: bool,
+}
+
+/// The row a delivery writes (`Prepared::row_key`), if any.
+fn row_of(w: &Work) -> Option<String> {
+    w.record.request.as_ref().and_then(Prepared::row_key)
+}
+
+/// Groups the work by bulk key, keeping the order deliveries arrived in. Groups are sent one
+/// after the other, so a delivery joins its key's group only if every earlier delivery to
+/// the same row is in that group or an earlier one; otherwise it opens a new group at the
+/// end (its key's later deliveries join that one), and per contact the deliveries to one
+/// endpoint go in the order their events happened.
 pub(super) fn by_bulk_key(work: Vec<Work>) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
+    let mut row_group: HashMap<String, usize> = HashMap::new();
     for w in work {
         let key = match &w.record.request {
             Some(r) => r.bulk_key(&w.record.id),
             None => format!("none:{}", w.record.id),
         };
-        match index.get(&key) {
-            Some(&i) => groups[i].rest.push(w),
+        let row = row_of(&w);
+        let earlier = row.as_ref().and_then(|r| row_group.get(r)).copied();
+        let joins = index
+            .get(&key)
+            .copied()
+            .filter(|&i| earlier.is_none_or(|e| e <= i));
+        let at = joins.unwrap_or(groups.len());
+        if let Some(row) = row {
+            row_group.insert(row, at);
+        }
+        match joins {
+            Some(i) => groups[i].rest.push(w),
             None => {
                 index.insert(key, groups.len());
                 let (target, limit) = match &w.record.request {
@@ -104,6 +132,24 @@ pub(super) fn by_bulk_key(work: Vec<Work>) -> Vec<Group> {
         }
     }
     groups
+}
+
+/// Takes, in order, up to `limit` of `rest` of which no two write the same row (`row`); the
+/// others stay in `rest`, in order, for the next call.
+fn take_rows<T>(rest: &mut Vec<T>, limit: usize, row: impl Fn(&T) -> Option<String>) -> Vec<T> {
+    let mut rows = HashSet::new();
+    let mut taken = Vec::new();
+    let mut left = Vec::new();
+    for w in rest.drain(..) {
+        let fits = taken.len() < limit && row(&w).is_none_or(|r| rows.insert(r));
+        if fits {
+            taken.push(w);
+        } else {
+            left.push(w);
+        }
+    }
+    *rest = left;
+    taken
 }
 
 /// Reads the jobs; an unreadable message is dropped.
@@ -182,26 +228,47 @@ impl Dispatcher {
         &self,
         group: &mut Group,
         pass: &mut Pass,
-    ) -> Result<Option<Vec<Work>>, DispatchError> {
+    ) -> Result<Option<Chunk>, DispatchError> {
         if group.rest.is_empty() {
             return Ok(None);
         }
         let now_ms = self.ctx.clock.now_ms();
-        let take = match self.breakers.gate(&group.target, now_ms) {
-            Gate::Closed => group.limit,
-            Gate::HalfOpen => 1,
+        let (take, probe) = match self.breakers.gate(&group.target, now_ms) {
+            Gate::Closed => (group.limit, false),
+            Gate::HalfOpen => (1, true),
             Gate::Open { until_ms } => {
                 self.hold_open(std::mem::take(&mut group.rest), until_ms, now_ms, pass)
                     .await?;
                 return Ok(None);
             }
         };
-        let tail = group.rest.split_off(group.rest.len().min(take));
-        Ok(Some(std::mem::replace(&mut group.rest, tail)))
+        let work = take_rows(&mut group.rest, take, row_of);
+        Ok(Some(Chunk { work, probe }))
+    }
+
+    /// A probe failed and re-opened the circuit: its deliveries keep their attempts and wait
+    /// with the rest of the group.
+    pub(super) async fn probe_failed(
+        &self,
+        group: &Group,
+        mut work: Vec<Work>,
+        outcomes: &[Outcome],
+        pass: &mut Pass,
+    ) -> Result<(), DispatchError> {
+        for (w, outcome) in work.iter_mut().zip(outcomes) {
+            w.record.record_failed_probe(outcome);
+        }
+        let now_ms = self.ctx.clock.now_ms();
+        let until_ms = match self.breakers.gate(&group.target, now_ms) {
+            Gate::Open { until_ms } => until_ms,
+            Gate::Closed | Gate::HalfOpen => now_ms,
+        };
+        self.hold_open(work, until_ms, now_ms, pass).await
     }
 
     /// Holds deliveries back while their target's circuit is open: each is due a little
-    /// after the circuit half-opens, so they do not all return in the same instant.
+    /// after the circuit half-opens, so they do not all return in the same instant. Those
+    /// that have waited longer than `delivery.max_age` are given up instead.
     async fn hold_open(
         &self,
         mut work: Vec<Work>,
@@ -211,20 +278,37 @@ impl Dispatcher {
     ) -> Result<(), DispatchError> {
         let mut held = Vec::with_capacity(work.len());
         for w in &mut work {
-            let due = until_ms + self.draw(0..1000, 0);
-            w.record.next_attempt_at = Some(due);
-            held.push(Duration::from_millis((due - now_ms).max(0) as u64));
+            match self.overdue(&w.record, now_ms) {
+                Some(reason) => {
+                    w.record.give_up(reason);
+                    held.push(None);
+                }
+                None => {
+                    let due = until_ms + self.draw(0..1000, 0);
+                    w.record.next_attempt_at = Some(due);
+                    held.push(Some(Duration::from_millis((due - now_ms).max(0) as u64)));
+                }
+            }
         }
         let records: Vec<DeliveryRecord> = work.iter().map(|w| w.record.clone()).collect();
         self.ctx.deliveries.save_many(&records).await?;
-        let messages = work.into_iter().map(|w| w.message).zip(held).collect();
+        let mut messages = Vec::with_capacity(work.len());
+        for (w, hold) in work.into_iter().zip(held) {
+            match hold {
+                Some(delay) => messages.push((w.message, delay)),
+                None => {
+                    pass.gave_up(&w.record);
+                    pass.done(w.message);
+                }
+            }
+        }
         self.hold_messages(messages, pass).await;
         Ok(())
     }
 
     /// Hides messages again for their delays, without spending an attempt; if the queue
     /// fails, they are seen again after the pass's visibility timeout and held once more.
-    async fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
+    pub(super) async fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
         if held.is_empty() {
             return;
         }
@@ -247,6 +331,77 @@ mod tests {
         r.attempts = 1;
         r.next_attempt_at = due;
         r
+    }
+
+    /// Work for a trigger of `contact` under the bulk group `group`.
+    fn trigger(n: usize, contact: &str, group: serde_json::Value) -> Work {
+        let mut record = pending(&format!("evt-{n}"));
+        record.request = Some(Prepared::SmartEmailing {
+            endpoint: crate::domain::smartemailing::Endpoint::TriggerEvent,
+            group,
+            item: serde_json::json!({"emailaddress": contact, "name": "welcome"}),
+        });
+        let message = Message {
+            handle: format!("h{n}"),
+            body: String::new(),
+            receive_count: 1,
+        };
+        Work { message, record }
+    }
+
+    fn events(work: &[Work]) -> Vec<&str> {
+        work.iter().map(|w| w.record.event_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_call_carries_each_row_once_and_the_second_goes_next_in_order() {
+        let mut rest: Vec<Work> = [(0, "a"), (1, "b"), (2, "A"), (3, "c"), (4, "a"), (5, "d")]
+            .into_iter()
+            .map(|(n, c)| trigger(n, &format!("{c}@example.com"), serde_json::json!({})))
+            .collect();
+        let first = take_rows(&mut rest, 3, row_of);
+        assert_eq!(events(&first), ["evt-0", "evt-1", "evt-3"]);
+        let second = take_rows(&mut rest, 500, row_of);
+        assert_eq!(
+            events(&second),
+            ["evt-2", "evt-5"],
+            "a's second and third are apart"
+        );
+        let third = take_rows(&mut rest, 500, row_of);
+        assert_eq!(events(&third), ["evt-4"]);
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn rows_without_a_key_never_conflict() {
+        let mut rest = vec![None, None, Some("x".to_string()), Some("x".to_string())];
+        let taken = take_rows(&mut rest, 10, |r| r.clone());
+        assert_eq!(taken.len(), 3);
+        assert_eq!(rest, [Some("x".to_string())]);
+    }
+
+    #[test]
+    fn a_contact_s_later_delivery_never_goes_in_an_earlier_group() {
+        let s1 = serde_json::json!({"s": 1});
+        let s2 = serde_json::json!({"s": 2});
+        let work = vec![
+            trigger(0, "b@example.com", s2.clone()),
+            trigger(1, "a@example.com", s1.clone()),
+            trigger(2, "a@example.com", s2.clone()),
+            trigger(3, "c@example.com", s2.clone()),
+            trigger(4, "d@example.com", s1),
+        ];
+        let groups = by_bulk_key(work);
+        let order: Vec<Vec<&str>> = groups.iter().map(|g| events(&g.rest)).collect();
+        assert_eq!(
+            order,
+            [
+                vec!["evt-0"],
+                vec!["evt-1", "evt-4"],
+                vec!["evt-2", "evt-3"]
+            ],
+            "a's second (s2) waits for its first (s1); the s2 deliveries after it follow it"
+        );
     }
 
     #[test]

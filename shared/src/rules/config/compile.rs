@@ -74,6 +74,10 @@ fn check_settings(raw: &RawConfig, base: &str, problems: &mut Vec<String>) {
     if delivery.breaker.open_after == 0 {
         problems.push("delivery.breaker.open_after: must be at least 1".into());
     }
+    let schedule: std::time::Duration = delivery.retry_schedule.iter().map(|d| d.get()).sum();
+    if delivery.max_age.get() <= schedule {
+        problems.push(format!("delivery.max_age: must be longer than the whole retry_schedule ({}), or deliveries die before their retries are spent", humantime::format_duration(schedule)));
+    }
 }
 
 /// The account's time zone and date custom fields.

@@ -60,6 +60,10 @@ pub struct DeliverySettings {
     /// Calls per second per target (the SmartEmailing account, or a webhook host).
     #[serde(default = "default_max_rps")]
     pub max_requests_per_second: f64,
+    /// How long a delivery may wait to be sent after its event was accepted, whatever keeps
+    /// it waiting; past it, it is dead (and can be replayed).
+    #[serde(default = "default_max_age")]
+    pub max_age: HumanDuration,
 }
 
 /// The circuit breaker's settings.
@@ -108,12 +112,17 @@ impl Default for DeliverySettings {
             min_overload_delay: default_min_overload_delay(),
             breaker: BreakerSettings::default(),
             max_requests_per_second: default_max_rps(),
+            max_age: default_max_age(),
         }
     }
 }
 
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+
+fn default_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 24 * 3600))
 }
 
 fn default_batch_window() -> HumanDuration {
@@ -125,4 +134,34 @@ fn default_retry_schedule() -> Vec<HumanDuration> {
         .into_iter()
         .map(|s| HumanDuration(Duration::from_secs(s)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::config::Config;
+    use std::time::Duration;
+
+    #[test]
+    fn a_delivery_may_wait_a_week_unless_told() {
+        let c = Config::parse("rules: []", "t").unwrap();
+        assert_eq!(c.delivery.max_age.get(), Duration::from_secs(7 * 86_400));
+        let c = Config::parse("delivery: {max_age: 2d}\nrules: []", "t").unwrap();
+        assert_eq!(c.delivery.max_age.get(), Duration::from_secs(2 * 86_400));
+    }
+
+    #[test]
+    fn max_age_must_outlast_the_retry_schedule() {
+        let e = Config::parse(
+            "delivery: {max_age: 1m, retry_schedule: [30s, 30s]}\nrules: []",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            e.problems.iter().any(|p| p.starts_with(
+                "delivery.max_age: must be longer than the whole retry_schedule (1m)"
+            )),
+            "{:?}",
+            e.problems
+        );
+    }
 }
