@@ -34,6 +34,8 @@ pub struct MemoryStore {
 pub enum Part {
     /// The store ports: events, deliveries, timers, contacts.
     Store,
+    /// Writes to the store only: reads still work, as on a full disk.
+    StoreWrites,
     /// The two queues.
     Queues,
     /// The dead-letter queues.
@@ -129,6 +131,11 @@ impl MemoryStore {
 
     /// The state for a store write, which is logged under `op`.
     fn write(&self, op: &'static str) -> Result<MutexGuard<'_, State>, StoreError> {
+        if self.is_down(Part::StoreWrites) {
+            return Err(StoreError::Unavailable(
+                "the memory store refuses writes (a test's full disk)".into(),
+            ));
+        }
         let mut state = self.store()?;
         state.writes.push(op);
         Ok(state)

@@ -11,6 +11,7 @@ mod lease;
 mod send;
 mod settle;
 mod triage;
+mod unrecorded;
 
 #[cfg(all(test, feature = "local"))]
 mod tests;
@@ -108,6 +109,8 @@ pub struct Dispatcher {
     delays: QueueDelays,
     /// Who this dispatcher is when it takes send leases.
     holder: String,
+    /// Outcomes of calls made that the store refused to record (see `unrecorded`).
+    unrecorded: unrecorded::Unrecorded,
 }
 
 /// A message and the delivery it names.
@@ -189,6 +192,7 @@ impl Dispatcher {
             pacer,
             delays: QueueDelays::Full,
             holder: lease::new_holder(),
+            unrecorded: unrecorded::Unrecorded::default(),
         }
     }
 
@@ -214,6 +218,10 @@ impl Dispatcher {
 
     /// Handles one batch of dispatch messages.
     pub async fn handle(&self, messages: Vec<Message>) -> Result<DispatchReport, DispatchError> {
+        // An outcome that could not be recorded is written before anything else: until it
+        // is, no call is made (it would be made with nowhere to record it, and a delivery
+        // whose outcome is unrecorded would look unsent).
+        self.flush_unrecorded().await?;
         let mut pass = Pass::default();
         let work = self.triage(messages, &mut pass).await?;
         if self.ctx.credentials.smartemailing().await?.is_none() {

@@ -83,7 +83,7 @@ impl Dispatcher {
             settled.push((w, retry_in));
         }
         let records: Vec<DeliveryRecord> = settled.iter().map(|(w, _)| w.record.clone()).collect();
-        self.ctx.deliveries.save_many(&records).await?;
+        self.record_outcomes(&records).await?;
         let retries: Vec<(Message, Duration)> = settled
             .iter()
             .filter_map(|(w, r)| r.map(|d| (w.message.clone(), d)))
@@ -117,7 +117,7 @@ impl Dispatcher {
                 r
             })
             .collect();
-        self.ctx.deliveries.save_many(&records).await?;
+        self.record_outcomes(&records).await?;
         for w in work {
             pass.report.dry_run += 1;
             pass.chains.push(ChainFrom::of(&w.record));
