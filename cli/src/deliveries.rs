@@ -46,6 +46,9 @@ pub(crate) struct Stores {
     events: Arc<dyn EventStore>,
     deliveries: Arc<dyn DeliveryStore>,
     queue: Arc<dyn Queue>,
+    /// How far back the store can show: when its oldest record is from (Unix ms), where
+    /// the store can tell.
+    oldest_ms: Option<i64>,
 }
 
 /// The local state, or with `aws` the deployed relay's table and queues.
@@ -54,10 +57,12 @@ pub(crate) async fn open_stores(state: &Path, aws: bool) -> Result<Stores, Failu
         return open_aws_stores().await;
     }
     let store = Arc::new(open_store(state)?);
+    let oldest_ms = store.oldest_record_ms().unwrap_or(None);
     Ok(Stores {
         events: store.clone(),
         deliveries: store.clone(),
         queue: store,
+        oldest_ms,
     })
 }
 
@@ -75,6 +80,7 @@ async fn open_aws_stores() -> Result<Stores, Failure> {
         events: aws.store.clone(),
         deliveries: aws.store,
         queue: aws.queue,
+        oldest_ms: None,
     })
 }
 
@@ -131,8 +137,26 @@ pub(crate) async fn deliveries(
             }
         }
         eprintln!("{} deliveries", list.len());
+        eprintln!("{}", horizon(stores.oldest_ms));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How far back a listing can see: finished and dead deliveries are swept after their
+/// retention window (`retention:` in the config; 30 days by default).
+fn horizon(oldest_ms: Option<i64>) -> String {
+    let oldest = oldest_ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| {
+            format!(
+                "the oldest record held is from {}; ",
+                t.format("%Y-%m-%d %H:%M UTC")
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{oldest}finished and dead deliveries are kept for their retention window (retention: in the config, 30 days by default), pending and scheduled ones until they finish"
+    )
 }
 
 /// How many ids are read or replayed per store call (and per progress line).
