@@ -6,6 +6,7 @@
 
 mod compile;
 mod model;
+mod nesting;
 mod raw;
 mod service;
 mod settings;
@@ -105,6 +106,7 @@ impl Config {
         if text.len() > MAX_CONFIG_BYTES {
             return Err(fail(vec![too_large(text.len() as u64)]));
         }
+        nesting::check(text).map_err(|p| fail(vec![p]))?;
         let (raw, mut problems) = raw::read(text).map_err(fail)?;
         // The rules that could be read are checked too: every problem of the file at once.
         match compile::compile(raw) {
