@@ -374,16 +374,16 @@ mod tests {
 
     #[test]
     fn the_config_section_parses() {
-        let p: OutboundPolicy = serde_yaml::from_str(
+        let p: OutboundPolicy = yaml_serde::from_str(
             "allowed_hosts: [collector.example.com]\nallow_loopback_http: false\n",
         )
         .unwrap();
         assert_eq!(p, policy(&["collector.example.com"], false));
         assert_eq!(
-            serde_yaml::from_str::<OutboundPolicy>("{}").unwrap(),
+            yaml_serde::from_str::<OutboundPolicy>("{}").unwrap(),
             OutboundPolicy::default()
         );
-        assert!(serde_yaml::from_str::<OutboundPolicy>("allowed_host: [x]").is_err());
+        assert!(yaml_serde::from_str::<OutboundPolicy>("allowed_host: [x]").is_err());
     }
 
     #[test]

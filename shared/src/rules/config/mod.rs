@@ -6,6 +6,7 @@
 
 mod compile;
 mod model;
+mod nesting;
 mod raw;
 mod service;
 mod settings;
@@ -21,7 +22,18 @@ pub use settings::{BreakerSettings, DeliverySettings, SmartEmailingSettings};
 
 use crate::rules::template::TemplateSet;
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
+
+/// The largest rules file accepted, in bytes: about a hundred times the example config, and a
+/// bound on what the YAML parser is given (its own limits bound nesting and alias expansion,
+/// not the size of a scalar).
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// The problem of a file over [`MAX_CONFIG_BYTES`].
+fn too_large(size: u64) -> String {
+    format!("the file is {size} bytes; a rules file may be at most {MAX_CONFIG_BYTES} bytes")
+}
 
 /// A config that failed to load; every problem found, each naming its place.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,13 +72,29 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file; one larger than [`MAX_CONFIG_BYTES`] is refused
+    /// without being read whole.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            source_name: path.display().to_string(),
-            problems: vec![format!("cannot read the file: {e}")],
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        let source_name = path.display().to_string();
+        let fail = |problem: String| ConfigError {
+            source_name: source_name.clone(),
+            problems: vec![problem],
+        };
+        let file =
+            std::fs::File::open(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        // One byte past the limit is enough to know the file is too large.
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        if bytes.len() > MAX_CONFIG_BYTES {
+            let size = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+            return Err(fail(too_large(size)));
+        }
+        // The words `read_to_string` gave before the size check.
+        let text = String::from_utf8(bytes)
+            .map_err(|_| fail("cannot read the file: stream did not contain valid UTF-8".into()))?;
+        Self::parse(&text, &source_name)
     }
 
     /// Validates a config given as YAML text.
@@ -75,6 +103,10 @@ impl Config {
             source_name: source_name.to_string(),
             problems,
         };
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(fail(vec![too_large(text.len() as u64)]));
+        }
+        nesting::check(text).map_err(|p| fail(vec![p]))?;
         let (raw, mut problems) = raw::read(text).map_err(fail)?;
         // The rules that could be read are checked too: every problem of the file at once.
         match compile::compile(raw) {

@@ -6,7 +6,7 @@ use crate::domain::duration::HumanDuration;
 use crate::rules::actions::RawAction;
 use crate::security::outbound::OutboundPolicy;
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -39,15 +39,15 @@ pub(super) struct RawConfig {
 /// reported (rules named by their name), and the rules that could be read are returned to be
 /// checked further.
 pub(super) fn read(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {
-    // The whole file at once: the common case, and serde_yaml's line and column for the
+    // The whole file at once: the common case, and the YAML parser's line and column for the
     // first problem.
     let first = match from_value_or_text(Source::Text(text)) {
         Ok(raw) => return Ok((raw, Vec::new())),
         Err(e) => e,
     };
-    let doc: Value = match serde_yaml::from_str(text) {
+    let doc: Value = match yaml_serde::from_str(text) {
         Ok(Value::Mapping(m)) => Value::Mapping(m),
-        // Not YAML, or not a mapping: serde_yaml's message says where.
+        // Not YAML, or not a mapping: the YAML parser's message says where.
         _ => return Err(vec![first.to_string()]),
     };
     let located = Located::from(&first);
@@ -171,7 +171,7 @@ struct Located {
 }
 
 impl Located {
-    fn from(e: &serde_yaml::Error) -> Located {
+    fn from(e: &yaml_serde::Error) -> Located {
         let text = e.to_string();
         let path = text.split_once(": ").map_or("", |(p, _)| p).to_string();
         let position = e
@@ -199,8 +199,8 @@ impl Located {
 }
 
 /// Reads a value, actions written `- kind: {...}` as single-key maps rather than YAML tags.
-fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, serde_yaml::Error> {
-    serde_yaml::with::singleton_map_recursive::deserialize(v)
+fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, yaml_serde::Error> {
+    yaml_serde::with::singleton_map_recursive::deserialize(v)
 }
 
 /// The file as text, or a part of it as a value.
@@ -209,10 +209,10 @@ enum Source<'a> {
     Value(Value),
 }
 
-fn from_value_or_text(s: Source) -> Result<RawConfig, serde_yaml::Error> {
+fn from_value_or_text(s: Source) -> Result<RawConfig, yaml_serde::Error> {
     match s {
-        Source::Text(t) => serde_yaml::with::singleton_map_recursive::deserialize(
-            serde_yaml::Deserializer::from_str(t),
+        Source::Text(t) => yaml_serde::with::singleton_map_recursive::deserialize(
+            yaml_serde::Deserializer::from_str(t),
         ),
         Source::Value(v) => from_value(v),
     }
