@@ -85,21 +85,14 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
     let store = open_store(&opts)?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(store.clone());
-    let render_wake = Arc::new(Notify::new());
-    let dispatch_wake = Arc::new(Notify::new());
-    let (stop, stop_rx) = watch::channel(false);
-    let inbound = |wake: &Arc<Notify>| {
-        Inbound::new(
-            shared.clone(),
-            shared.clone(),
-            opts.clock.clone(),
-            Some(wake.clone()),
-        )
-        .with_event_retention(opts.config.retention.events.get())
+    let wakes = Wakes {
+        render: Arc::new(Notify::new()),
+        dispatch: Arc::new(Notify::new()),
     };
+    let (stop, stop_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         config: opts.config.clone(),
-        inbound: inbound(&render_wake).with_atomic(shared.clone()),
+        inbound: inbound(&opts, &shared, &wakes.render).with_atomic(shared.clone()),
         events: shared.clone(),
         deliveries: shared.clone(),
         credentials: opts.credentials.clone(),
@@ -108,8 +101,42 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         seen_ids: Arc::new(crate::security::signature::MemorySeenIds::default()),
         store_health: Some(shared.clone()),
     });
-    let server = tokio::spawn(serve_api(listener, state, stop_rx.clone()));
+    let server = tokio::spawn(serve_api(listener, state, stop_rx));
+    let workers = spawn_workers(&opts, &store, &wakes, &stop);
+    Ok(Relay {
+        addr,
+        store,
+        stop,
+        server,
+        workers,
+    })
+}
 
+/// What wakes the render and dispatch workers before their next poll.
+struct Wakes {
+    render: Arc<Notify>,
+    dispatch: Arc<Notify>,
+}
+
+/// The inbound step on the local store, poking `wake` after an enqueue.
+fn inbound(opts: &RunnerOptions, shared: &Arc<SqliteStore>, wake: &Arc<Notify>) -> Inbound {
+    Inbound::new(
+        shared.clone(),
+        shared.clone(),
+        opts.clock.clone(),
+        Some(wake.clone()),
+    )
+    .with_event_retention(opts.config.retention.events.get())
+}
+
+/// Starts the render, dispatch, birthday and sweep workers; each stops when `stop` does.
+fn spawn_workers(
+    opts: &RunnerOptions,
+    store: &SqliteStore,
+    wakes: &Wakes,
+    stop: &watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    let shared = Arc::new(store.clone());
     let render = RenderStep::new(
         opts.config.clone(),
         RenderPorts {
@@ -119,15 +146,8 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
             contacts: shared.clone(),
         },
         opts.clock.clone(),
-        Some(dispatch_wake.clone()),
+        Some(wakes.dispatch.clone()),
     );
-    let render_worker = tokio::spawn(render_loop(
-        render,
-        store.clone(),
-        render_wake.clone(),
-        stop_rx.clone(),
-        opts.poll_interval,
-    ));
     let dispatcher = Dispatcher::new(
         opts.config.clone(),
         shared.clone(),
@@ -138,44 +158,41 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         opts.clock.clone(),
         opts.seed,
     );
-    let dispatch_worker = tokio::spawn(dispatch_loop(
-        dispatcher,
-        store.clone(),
-        dispatch_wake,
-        stop_rx,
-        opts.poll_interval,
-        opts.config.delivery.batch_window.get(),
-    ));
-    let birthday_worker = tokio::spawn(birthday_loop(
-        opts.config.clone(),
-        store.clone(),
-        inbound(&render_wake),
-        opts.clock.clone(),
-        stop.subscribe(),
-        opts.poll_interval
-            .max(Duration::from_millis(10))
-            .min(Duration::from_secs(1)),
-    ));
-    let sweep_worker = tokio::spawn(sweep_loop(
-        store.clone(),
-        opts.clock.clone(),
-        stop.subscribe(),
-        opts.poll_interval
-            .max(Duration::from_millis(10))
-            .min(Duration::from_secs(1)),
-    ));
-    Ok(Relay {
-        addr,
-        store,
-        stop,
-        server,
-        workers: vec![
-            render_worker,
-            dispatch_worker,
-            birthday_worker,
-            sweep_worker,
-        ],
-    })
+    let tick = opts
+        .poll_interval
+        .max(Duration::from_millis(10))
+        .min(Duration::from_secs(1));
+    vec![
+        tokio::spawn(render_loop(
+            render,
+            store.clone(),
+            wakes.render.clone(),
+            stop.subscribe(),
+            opts.poll_interval,
+        )),
+        tokio::spawn(dispatch_loop(
+            dispatcher,
+            store.clone(),
+            wakes.dispatch.clone(),
+            stop.subscribe(),
+            opts.poll_interval,
+            opts.config.delivery.batch_window.get(),
+        )),
+        tokio::spawn(birthday_loop(
+            opts.config.clone(),
+            store.clone(),
+            inbound(opts, &shared, &wakes.render),
+            opts.clock.clone(),
+            stop.subscribe(),
+            tick,
+        )),
+        tokio::spawn(sweep_loop(
+            store.clone(),
+            opts.clock.clone(),
+            stop.subscribe(),
+            tick,
+        )),
+    ]
 }
 
 /// Opens the store and takes back what the previous run left: messages it held, and

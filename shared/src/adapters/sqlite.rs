@@ -758,7 +758,7 @@ impl DeliveryStore for SqliteStore {
                     r.last_response,
                     r.sent_at,
                     r.next_attempt_at,
-                    request_json(r),
+                    request_json(r)?,
                     r.created_at,
                     r.chain_depth as i64,
                     retention.delivery_expires_at(r.status, now)
@@ -812,7 +812,7 @@ impl DeliveryStore for SqliteStore {
                         r.last_response,
                         r.sent_at,
                         r.next_attempt_at,
-                        request_json(r),
+                        request_json(r)?,
                         retention.delivery_expires_at(r.status, now),
                         r.created_at,
                     ])
@@ -861,11 +861,14 @@ impl DeliveryStore for SqliteStore {
     }
 }
 
-/// The stored form of a delivery's rendered request.
-fn request_json(r: &DeliveryRecord) -> Option<String> {
+/// The stored form of a delivery's rendered request. One that cannot be encoded fails the
+/// write (storing an empty request would later send an empty body).
+fn request_json(r: &DeliveryRecord) -> rusqlite::Result<Option<String>> {
     r.request
         .as_ref()
-        .map(|p| serde_json::to_string(p).unwrap_or_default())
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
 #[async_trait]

@@ -231,6 +231,7 @@ pub struct Submitted {
 /// SHA-256 (hex) of a JSON value's canonical form (object keys sorted).
 pub fn hash_value(value: &Value) -> String {
     // serde_json's Map is a BTreeMap here (no preserve_order), so keys come out sorted.
+    // A `Value` always serialises (its keys are strings); nothing is hidden here.
     let canonical = serde_json::to_vec(value).unwrap_or_default();
     hex::encode(Sha256::digest(&canonical))
 }
