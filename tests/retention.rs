@@ -79,7 +79,16 @@ async fn expired_records_are_swept_and_the_file_gives_the_space_back() {
     assert!(all_deliveries(store).await.is_empty());
     assert_eq!(r.get("/v1/events/r-0").await.0, 404);
     assert_eq!(r.get("/v1/events/r-1999").await.0, 404);
-    let after = store.disk_usage();
+    // A reader in the middle of a request can keep the log from being truncated at once;
+    // the next sweep finishes it.
+    let mut after = store.disk_usage();
+    for _ in 0..3 {
+        if after * 4 < full {
+            break;
+        }
+        store.sweep().await.unwrap();
+        after = store.disk_usage();
+    }
     assert!(
         after * 4 < full,
         "the file should give the space back: {full} bytes before, {after} after"

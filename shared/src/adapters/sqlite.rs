@@ -109,6 +109,9 @@ const GROUP_COMMIT_MAX: usize = 512;
 
 /// The most rows one sweep op deletes: a few milliseconds of the writer's time.
 const SWEEP_BATCH: usize = 500;
+/// A write-ahead log larger than this is folded back and truncated by the next sweep even
+/// when it deleted nothing (a reader kept the last one from finishing).
+const WAL_TRUNCATE_ABOVE: u64 = 4 * 1024 * 1024;
 /// The most pages one `incremental_vacuum` step gives back.
 const VACUUM_PAGES: usize = 2000;
 /// Finished deliveries past their window (`expires_at` is set only on finished ones).
@@ -273,9 +276,11 @@ impl SqliteStore {
             }
             left = now_left;
         }
-        if report != SweepReport::default() {
+        let wal = std::fs::metadata(self.path.with_extension("db-wal")).map_or(0, |m| m.len());
+        if report != SweepReport::default() || wal > WAL_TRUNCATE_ABOVE {
             // Fold the write-ahead log back into the file and truncate it, so what was freed
-            // leaves the disk too. A busy reader only makes it do less this time.
+            // leaves the disk too. A busy reader only makes it do less this time; the next
+            // sweep finishes it.
             let _ = Connection::open(&self.path)
                 .and_then(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
         }
