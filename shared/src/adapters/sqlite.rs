@@ -107,6 +107,10 @@ type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// The most ops folded into one commit.
 const GROUP_COMMIT_MAX: usize = 512;
 
+/// Makes leased messages visible now: of one queue (`?2`), or of every queue (`?2` NULL).
+const RELEASE_LEASES: &str =
+    "UPDATE jobs SET leased = 0, visible_at = ?1 WHERE leased = 1 AND (?2 IS NULL OR queue = ?2)";
+
 /// The most rows one sweep op deletes: a few milliseconds of the writer's time.
 const SWEEP_BATCH: usize = 500;
 /// A write-ahead log larger than this is folded back and truncated by the next sweep even
@@ -368,10 +372,7 @@ impl SqliteStore {
     pub fn release_leases(&self) -> Result<usize, StoreError> {
         let now = self.clock.now_ms();
         self.lock()
-            .execute(
-                "UPDATE jobs SET leased = 0, visible_at = ?1 WHERE leased = 1",
-                params![now],
-            )
+            .execute(RELEASE_LEASES, params![now, Option::<&str>::None])
             .map_err(unavailable)
     }
 
@@ -380,15 +381,10 @@ impl SqliteStore {
     /// passes (after the store refused writes, say).
     pub async fn release_leases_of(&self, queue: QueueName) -> Result<usize, StoreError> {
         let now = self.clock.now_ms();
-        self.run(move |conn| {
-            conn.execute(
-                "UPDATE jobs SET leased = 0, visible_at = ?1 WHERE leased = 1 AND queue = ?2",
-                params![now, queue.as_str()],
-            )
-        })
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)
+        self.run(move |conn| conn.execute(RELEASE_LEASES, params![now, Some(queue.as_str())]))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
     }
 
     /// Lets a retry take over every IN_PROGRESS event claim at once: their holder (the
