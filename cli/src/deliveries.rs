@@ -105,6 +105,7 @@ pub(crate) async fn deliveries(
         rule,
         since_ms: parse_since(since)?,
         limit,
+        ..DeliveryFilter::default()
     };
     let list = stores.deliveries.list(&filter).await.map_err(internal)?;
     if json {
@@ -187,6 +188,7 @@ pub(crate) async fn replay(
             rule,
             since_ms: parse_since(since)?,
             limit: 0,
+            ..DeliveryFilter::default()
         };
         targets.extend(
             stores

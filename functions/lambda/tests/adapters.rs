@@ -52,6 +52,9 @@ fn delivery(id: &str, event: &str, rule: &str, index: usize, created_at: i64) ->
         }),
         created_at,
         chain_depth: 0,
+        email: None,
+        event_type: None,
+        attempt_log: Vec::new(),
     }
 }
 

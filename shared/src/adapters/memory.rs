@@ -603,6 +603,9 @@ mod tests {
             request: None,
             created_at: T0,
             chain_depth: 0,
+            email: None,
+            event_type: None,
+            attempt_log: Vec::new(),
         }
     }
 

@@ -651,6 +651,9 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
         request: request.and_then(|r| serde_json::from_str::<Prepared>(&r).ok()),
         created_at: row.get(12)?,
         chain_depth: row.get::<_, i64>(13)? as u32,
+        email: None,
+        event_type: None,
+        attempt_log: Vec::new(),
     })
 }
 

@@ -261,6 +261,51 @@ pub struct DeliveryRecord {
     pub created_at: i64,
     /// How many chained steps led here (0 for a rule matched directly).
     pub chain_depth: u32,
+    /// The contact's e-mail address (trimmed, lower case) when the request names one: what
+    /// an operator searches by.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The type of the event it came from.
+    #[serde(default)]
+    pub event_type: Option<String>,
+    /// The newest attempts, oldest first (at most [`ATTEMPTS_KEPT`]).
+    #[serde(default)]
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// How many attempts a delivery keeps: the newest, so a long outage cannot grow a record
+/// without bound.
+pub const ATTEMPTS_KEPT: usize = 20;
+
+/// How an attempt was classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptClass {
+    /// Accepted by the target.
+    Success,
+    /// Failed; worth another try.
+    Retry,
+    /// Failed for good.
+    Permanent,
+    /// A call made while the target's circuit was half open failed; no attempt was spent.
+    FailedProbe,
+}
+
+/// One call made for a delivery, as the operator's window shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When the call started (Unix ms).
+    pub at_ms: i64,
+    /// How long the call took, in milliseconds.
+    pub duration_ms: u64,
+    /// The target's status code, when it answered.
+    pub status_code: Option<u16>,
+    /// A bounded excerpt of the answer.
+    pub response: Option<String>,
+    /// How it was classified.
+    pub class: AttemptClass,
+    /// Why it was classified so, when it failed.
+    pub reason: Option<String>,
 }
 
 impl DeliveryRecord {
@@ -381,6 +426,9 @@ pub(crate) mod fixtures {
             request: None,
             created_at: 0,
             chain_depth: 0,
+            email: None,
+            event_type: None,
+            attempt_log: Vec::new(),
         }
     }
 }

@@ -272,6 +272,9 @@ impl RenderStep {
                     request,
                     created_at: now_ms,
                     chain_depth: job.depth,
+                    email: None,
+                    event_type: None,
+                    attempt_log: Vec::new(),
                 }
             })
             .collect()

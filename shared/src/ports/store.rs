@@ -76,6 +76,49 @@ pub struct DeliveryFilter {
     pub since_ms: Option<i64>,
     /// At most this many (0 means no limit).
     pub limit: usize,
+    /// Only this action kind (e.g. `trigger_event`).
+    pub action: Option<String>,
+    /// Only those for this contact (compared trimmed and lower case).
+    pub email: Option<String>,
+    /// Only those of events of this type.
+    pub event_type: Option<String>,
+    /// Only those created before this time (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+/// Where a page of deliveries (newest first) ends: the next page starts after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryCursor {
+    /// The last listed delivery's `created_at`.
+    pub created_at: i64,
+    /// The last listed delivery's id.
+    pub id: DeliveryId,
+}
+
+impl DeliveryCursor {
+    /// The cursor as an opaque, URL-safe token.
+    pub fn encode(&self) -> String {
+        hex::encode(format!("{}:{}", self.created_at, self.id))
+    }
+
+    /// Reads a token made by [`DeliveryCursor::encode`]; `None` when it is not one.
+    pub fn parse(token: &str) -> Option<Self> {
+        let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+        let (at, id) = text.split_once(':')?;
+        Some(Self {
+            created_at: at.parse().ok()?,
+            id: DeliveryId::from_stored(id),
+        })
+    }
+}
+
+/// One page of deliveries, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryPage {
+    /// The deliveries of this page.
+    pub deliveries: Vec<DeliveryRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next_cursor: Option<DeliveryCursor>,
 }
 
 /// Deliveries and their state.
@@ -98,6 +141,29 @@ pub trait DeliveryStore: Send + Sync {
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Deliveries matching a filter, oldest first.
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// One page of the deliveries matching a filter, newest first (by `created_at`, then id),
+    /// starting after `after`; `filter.limit` is the page size.
+    async fn page(
+        &self,
+        filter: &DeliveryFilter,
+        after: Option<&DeliveryCursor>,
+    ) -> Result<DeliveryPage, StoreError> {
+        let _ = (filter, after);
+        Err(StoreError::Unavailable(
+            "this store cannot list pages yet".into(),
+        ))
+    }
+    /// How many deliveries created at or after `since_ms` are in each status (statuses with
+    /// none are left out).
+    async fn count_by_status(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
+        let _ = since_ms;
+        Err(StoreError::Unavailable(
+            "this store cannot count deliveries yet".into(),
+        ))
+    }
 }
 
 /// Timers: deliveries held until a due time, findable by a correlation key so a later

@@ -193,6 +193,9 @@ pub fn trigger_delivery(
         }),
         created_at,
         chain_depth: 0,
+        email: None,
+        event_type: None,
+        attempt_log: Vec::new(),
     }
 }
 

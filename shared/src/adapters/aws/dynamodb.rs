@@ -281,6 +281,9 @@ fn delivery_from_item(item: &Item) -> Result<DeliveryRecord, StoreError> {
         request,
         created_at: r.n("created_at")?,
         chain_depth: r.n("chain_depth")? as u32,
+        email: None,
+        event_type: None,
+        attempt_log: Vec::new(),
     })
 }
 
@@ -946,6 +949,9 @@ mod tests {
             }),
             created_at: 1_700_000_000_123,
             chain_depth: 0,
+            email: None,
+            event_type: None,
+            attempt_log: Vec::new(),
         }
     }
 
