@@ -21,3 +21,4 @@ pub mod rules;
 #[cfg(feature = "local")]
 pub mod runner;
 pub mod security;
+pub mod telemetry;
