@@ -2,7 +2,7 @@
 //! and chain steps become scheduled deliveries held by durable timers; a later event named in
 //! a rule's `unless` cancels them; birthdays seen on the way are remembered.
 
-use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus};
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::domain::event::Event;
 use crate::ports::clock::Clock;
 use crate::ports::queue::{send_jobs, DispatchJob, Message, RenderJob};
@@ -257,6 +257,7 @@ impl RenderStep {
                     }
                     Err(NotRendered::Skipped(why)) => (DeliveryStatus::Skipped, None, Some(why)),
                 };
+                let email = email_of(request.as_ref(), event);
                 DeliveryRecord {
                     id: DeliveryId::derive(&event.id, &r.rule, r.index),
                     event_id: event.id.clone(),
@@ -272,8 +273,8 @@ impl RenderStep {
                     request,
                     created_at: now_ms,
                     chain_depth: job.depth,
-                    email: None,
-                    event_type: None,
+                    email,
+                    event_type: Some(event.kind.as_str().to_string()),
                     attempt_log: Vec::new(),
                 }
             })
@@ -303,6 +304,16 @@ impl RenderStep {
         }
         Ok(())
     }
+}
+
+/// The contact a delivery is for, as an operator searches it: the address its request names,
+/// or else the event's contact's; trimmed and lower case.
+fn email_of(request: Option<&Prepared>, event: &Event) -> Option<String> {
+    request
+        .and_then(Prepared::email)
+        .filter(|e| !e.is_empty())
+        .or_else(|| event.email().map(|e| e.trim().to_lowercase()))
+        .filter(|e| !e.is_empty())
 }
 
 /// Decodes a pass's messages: the unreadable ones (by position, with why) and the jobs.
