@@ -166,6 +166,18 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// Every status, in the order counts are given.
+    pub const ALL: [DeliveryStatus; 8] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Scheduled,
+        DeliveryStatus::Sent,
+        DeliveryStatus::DryRun,
+        DeliveryStatus::Skipped,
+        DeliveryStatus::Cancelled,
+        DeliveryStatus::Dead,
+    ];
+
     /// The status as written in the API and the store.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -378,17 +378,31 @@ async fn a_split_call_logs_each_half_s_own_answer() {
 async fn a_failed_probe_is_logged_as_one_without_spending_an_attempt() {
     let b = bench_opening_after(1, &[503, 503], true);
     let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
-    b.pass(&d, &[delivery(1, DeliveryStatus::Pending, None)])
-        .await;
+    let one = delivery(1, DeliveryStatus::Pending, None);
+    b.pass(&d, std::slice::from_ref(&one)).await;
+    // The circuit half-opens; the retry's message is due and is the probe.
     b.clock.advance(Duration::from_secs(31));
-    let probe = delivery(2, DeliveryStatus::Pending, None);
-    let report = b.pass(&d, std::slice::from_ref(&probe)).await;
-    assert_eq!(report.calls, 1);
-    let stored = b.status(&probe).await;
-    assert_eq!(stored.attempts, 0);
-    let classes: Vec<_> = stored.attempt_log.iter().map(|a| a.class).collect();
-    assert_eq!(classes, vec![AttemptClass::FailedProbe]);
-    assert_eq!(stored.attempt_log[0].status_code, Some(503));
+    let msgs = b
+        .store
+        .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let report = d.handle(msgs).await.unwrap();
+    assert_eq!((report.calls, report.waiting), (1, 1));
+    let stored = b.status(&one).await;
+    assert_eq!(stored.attempts, 1);
+    let log: Vec<_> = stored
+        .attempt_log
+        .iter()
+        .map(|a| (a.at_ms, a.status_code, a.class))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (NOW_MS, Some(503), AttemptClass::Retry),
+            (NOW_MS + 31_000, Some(503), AttemptClass::FailedProbe)
+        ]
+    );
 }
 
 #[tokio::test]
