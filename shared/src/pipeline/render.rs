@@ -330,3 +330,42 @@ fn decode(messages: &[Message]) -> (HashMap<usize, String>, Vec<Positioned>) {
     }
     (unreadable, jobs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::parse_event;
+    use crate::domain::smartemailing::Endpoint;
+    use serde_json::json;
+
+    fn event(email: &str) -> Event {
+        let raw = json!({"id": "evt-1", "type": "contact.created", "contact": {"email": email}});
+        parse_event(&raw, "", chrono::Utc::now()).unwrap()
+    }
+
+    #[test]
+    fn a_delivery_is_for_the_address_its_request_names_or_else_the_event_s_contact() {
+        let import = Prepared::SmartEmailing {
+            endpoint: Endpoint::Import,
+            group: json!({}),
+            item: json!({"emailaddress": " Other@Example.com"}),
+        };
+        let webhook = Prepared::Http {
+            method: "POST".into(),
+            url: "https://hooks.example.com".into(),
+            headers: vec![],
+            body: None,
+            auth: None,
+        };
+        let e = event("Jana@Example.com");
+        assert_eq!(
+            email_of(Some(&import), &e).as_deref(),
+            Some("other@example.com")
+        );
+        assert_eq!(
+            email_of(Some(&webhook), &e).as_deref(),
+            Some("jana@example.com")
+        );
+        assert_eq!(email_of(None, &e).as_deref(), Some("jana@example.com"));
+    }
+}
