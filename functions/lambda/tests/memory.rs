@@ -186,6 +186,45 @@ async fn an_accepted_event_is_kept_for_the_configs_events_window() {
     );
 }
 
+/// Calls the inbound router with a GET and a key, as API Gateway passes it on.
+async fn get_with(ctx: &Context<Memory>, path: &str, key: &str) -> (u16, Value) {
+    let request = axum::http::Request::get(path)
+        .header("authorization", format!("Bearer {key}"))
+        .body(axum::body::Body::empty())
+        .expect("a request");
+    let response = inbound::router(ctx)
+        .oneshot(request)
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await;
+    let json = serde_json::from_slice(&body.expect("a body")).unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[tokio::test]
+async fn inbound_serves_the_management_api_to_admin_keys_only() {
+    let ctx = context(secrets(false));
+    let (status, body) = get_with(&ctx, "/v1/rules", "fixture-admin-key").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["rules"].as_array().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    let (status, body) = get_with(&ctx, "/v1/deliveries/dlv_none", "fixture-admin-key").await;
+    assert_eq!(status, 404, "{body}");
+    for path in [
+        "/v1/rules",
+        "/v1/status",
+        "/v1/deliveries",
+        "/v1/deliveries/dlv_none",
+    ] {
+        let (status, body) = get_with(&ctx, path, "fixture-api-key").await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+}
+
 #[tokio::test]
 async fn inbound_takes_smartemailing_webhooks_and_refuses_unknown_keys() {
     let ctx = context(secrets(false));
