@@ -61,7 +61,14 @@ fn context(secrets: SecretBundle) -> Context<Memory> {
 /// Calls the inbound router with an API Gateway fixture: the status and the JSON answer.
 async fn call(ctx: &Context<Memory>, fixture_name: &str) -> (u16, Value) {
     let request = lambda_http::request::from_str(&fixture(fixture_name)).expect("a request");
-    let request = request.map(|b| axum::body::Body::from(b.to_vec()));
+    answer(ctx, request.map(|b| axum::body::Body::from(b.to_vec()))).await
+}
+
+/// The inbound router's answer to a request: its status and JSON body.
+async fn answer(
+    ctx: &Context<Memory>,
+    request: axum::http::Request<axum::body::Body>,
+) -> (u16, Value) {
     let response = inbound::router(ctx)
         .oneshot(request)
         .await
@@ -192,14 +199,7 @@ async fn get_with(ctx: &Context<Memory>, path: &str, key: &str) -> (u16, Value) 
         .header("authorization", format!("Bearer {key}"))
         .body(axum::body::Body::empty())
         .expect("a request");
-    let response = inbound::router(ctx)
-        .oneshot(request)
-        .await
-        .expect("an answer");
-    let status = response.status().as_u16();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await;
-    let json = serde_json::from_slice(&body.expect("a body")).unwrap_or(Value::Null);
-    (status, json)
+    answer(ctx, request).await
 }
 
 #[tokio::test]
