@@ -579,3 +579,33 @@ async fn a_preview_of_rules_renders_them_and_names_a_broken_templates_field() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_serve_takes_its_admin_keys_from_relay_admin_keys() {
+    let se = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("relay.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(&se.base_url(), &rules("http://127.0.0.1:9")),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = spawn_relay(
+        &config,
+        &dir.path().join("state"),
+        port,
+        "warn",
+        std::process::Stdio::null(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    wait_healthy(&url).await;
+    let http = reqwest::Client::new();
+    let get = |key: &'static str| http.get(format!("{url}/v1/rules")).bearer_auth(key).send();
+    let admin = get(ADMIN_KEY).await.expect("an answer");
+    let ingest = get(API_KEY).await.expect("an answer");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(admin.status(), 200);
+    assert_eq!(ingest.status(), 403);
+}
