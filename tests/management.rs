@@ -609,3 +609,69 @@ async fn relay_serve_takes_its_admin_keys_from_relay_admin_keys() {
     assert_eq!(admin.status(), 200);
     assert_eq!(ingest.status(), 403);
 }
+
+/// Both local queues (SQLite, memory) tell their depth and the age of their oldest due
+/// message the same way.
+#[tokio::test]
+async fn a_queue_tells_its_depth_and_how_long_its_oldest_due_message_waited() {
+    use relay_shared::adapters::memory::MemoryStore;
+    use relay_shared::adapters::sqlite::SqliteStore;
+    use relay_shared::ports::clock::Clock;
+    use relay_shared::ports::queue::{QueueDepth, QueueName};
+    use relay_shared::ports::Queue;
+
+    let clock = fixed_clock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = SqliteStore::open(dir.path(), clock.clone()).expect("a store");
+    let memory = MemoryStore::new(clock.clone());
+    let queues: [(&str, &dyn Queue); 2] = [("sqlite", &sqlite), ("memory", &memory)];
+    let hour = Duration::from_secs(3600);
+    for (name, q) in queues {
+        q.send(
+            QueueName::Dispatch,
+            vec!["a".into(), "b".into()],
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        q.send(QueueName::Dispatch, vec!["later".into()], hour)
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(90));
+        let now = clock.now_ms();
+        assert_eq!(
+            q.depth(QueueName::Dispatch, now).await.unwrap(),
+            QueueDepth {
+                messages: Some(3),
+                oldest_due_age_ms: Some(90_000)
+            },
+            "{name}"
+        );
+        assert_eq!(
+            q.depth(QueueName::Render, now).await.unwrap(),
+            QueueDepth {
+                messages: Some(0),
+                oldest_due_age_ms: None
+            },
+            "{name}"
+        );
+        // Taken (hidden while worked on), the due ones are no longer waiting.
+        let taken = q
+            .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 2, "{name}");
+        let d = q.depth(QueueName::Dispatch, now).await.unwrap();
+        assert_eq!(
+            d,
+            QueueDepth {
+                messages: Some(3),
+                oldest_due_age_ms: None
+            },
+            "{name}"
+        );
+        let handles: Vec<String> = taken.into_iter().map(|m| m.handle).collect();
+        q.ack(QueueName::Dispatch, &handles).await.unwrap();
+        clock.advance(hour);
+    }
+}
