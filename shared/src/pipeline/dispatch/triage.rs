@@ -217,7 +217,7 @@ impl Dispatcher {
                 Triage::Hold(delay) => held.push((message, delay)),
             }
         }
-        self.hold_messages(held, pass).await;
+        self.hold_messages(held, pass);
         Ok(work)
     }
 
@@ -318,21 +318,19 @@ impl Dispatcher {
                 }
             }
         }
-        self.hold_messages(messages, pass).await;
+        self.hold_messages(messages, pass);
         Ok(())
     }
 
-    /// Hides messages again for their delays, without spending an attempt; if the queue
-    /// fails, they are seen again after the pass's visibility timeout and held once more.
-    pub(super) async fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
-        if held.is_empty() {
-            return;
-        }
+    /// Hides messages again for their delays, without spending an attempt, in one requeue
+    /// with the pass's other holds at its end; if the queue fails, they are seen again
+    /// after the pass's visibility timeout and held once more.
+    pub(super) fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
         pass.report.waiting += held.len();
         pass.report
             .retried_handles
             .extend(held.iter().map(|(m, _)| m.handle.clone()));
-        self.requeue(&held, "hold deliveries back").await;
+        pass.held.extend(held);
     }
 }
 
