@@ -3,6 +3,7 @@
 
 mod support;
 
+use relay_shared::adapters::aws::sqs::REFRESH_AFTER_RECEIVES;
 use relay_shared::adapters::aws::{AwsAdapters, DeadLetter};
 use relay_shared::adapters::memory::MemoryStore;
 use relay_shared::domain::delivery::{
@@ -11,7 +12,7 @@ use relay_shared::domain::delivery::{
 use relay_shared::domain::event::EventId;
 use relay_shared::domain::idempotency::{Begin, EventRecord, RecordStatus};
 use relay_shared::ports::clock::ManualClock;
-use relay_shared::ports::queue::QueueName;
+use relay_shared::ports::queue::{Message, QueueName};
 use relay_shared::ports::store::DeliveryCursor;
 use relay_shared::ports::{Credentials, DeliveryFilter, DeliveryStore, EventStore, Queue};
 use serde_json::json;
@@ -548,6 +549,61 @@ async fn the_queue_sends_in_batches_receives_acks_and_delays() {
         .unwrap()
         .is_empty());
     assert_eq!(emu.depth(&emu.settings.render_queue_url).await, 1);
+}
+
+#[tokio::test]
+async fn requeued_messages_come_back_each_once_the_often_received_as_fresh_copies() {
+    let (emu, aws, _) = adapters(&secret_json(None)).await;
+    let q = &aws.queue;
+    let bodies: Vec<String> = (0..23).map(|i| format!("{{\"n\":{i}}}")).collect();
+    q.send(QueueName::Dispatch, bodies.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    let mut got = q
+        .receive(QueueName::Dispatch, 50, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 23);
+    // Every third as if received often: those go back as fresh copies, the rest as they are.
+    for m in got.iter_mut().step_by(3) {
+        m.receive_count = REFRESH_AFTER_RECEIVES;
+    }
+    let items: Vec<(Message, Duration)> = got.iter().map(|m| (m.clone(), Duration::ZERO)).collect();
+    q.requeue_many(QueueName::Dispatch, &items).await.unwrap();
+    let again = q
+        .receive(QueueName::Dispatch, 50, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut seen: Vec<(String, u32)> = again
+        .iter()
+        .map(|m| (m.body.clone(), m.receive_count))
+        .collect();
+    seen.sort();
+    let mut expected: Vec<(String, u32)> = got
+        .iter()
+        .map(|m| {
+            let fresh = m.receive_count >= REFRESH_AFTER_RECEIVES;
+            (m.body.clone(), if fresh { 1 } else { 2 })
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "each message once: a fresh copy (received once) or itself"
+    );
+
+    // Held for ten minutes, none is seen now.
+    let items: Vec<(Message, Duration)> = again
+        .iter()
+        .map(|m| (m.clone(), Duration::from_secs(600)))
+        .collect();
+    q.requeue_many(QueueName::Dispatch, &items).await.unwrap();
+    assert!(q
+        .receive(QueueName::Dispatch, 50, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(emu.depth(&emu.settings.dispatch_queue_url).await, 23);
 }
 
 #[tokio::test]

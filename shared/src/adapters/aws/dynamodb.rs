@@ -639,6 +639,33 @@ impl DeliveryStore for DynamoStore {
         }
     }
 
+    /// One conditional PutItem per delivery, all in flight at once: BatchWriteItem cannot
+    /// carry the condition that keeps a sent delivery sent, and a transaction costs twice
+    /// the write units and fails whole. A delivery named twice is written in order instead.
+    async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
+        let mut ids = std::collections::HashSet::new();
+        if records.len() < 2 || !records.iter().all(|r| ids.insert(&r.id)) {
+            for r in records {
+                self.save(r).await?;
+            }
+            return Ok(());
+        }
+        let mut writes = tokio::task::JoinSet::new();
+        for r in records {
+            let (store, record) = (self.clone(), r.clone());
+            writes.spawn(async move { store.save(&record).await });
+        }
+        let mut failure = None;
+        while let Some(joined) = writes.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(StoreError::Unavailable(format!("a delivery write: {e}"))),
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
         let keys = self
             .query_all(

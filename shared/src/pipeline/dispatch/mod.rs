@@ -125,6 +125,8 @@ struct Pass {
     report: DispatchReport,
     to_ack: Vec<String>,
     chains: Vec<ChainFrom>,
+    /// Messages to put back for their delays, all in one requeue at the end of the pass.
+    held: Vec<(Message, Duration)>,
 }
 
 impl Pass {
@@ -231,6 +233,7 @@ impl Dispatcher {
                 self.dispatch_group(group, &mut pass).await?;
             }
         }
+        self.requeue(&pass.held, "hold deliveries back").await;
         self.enqueue_chains(&pass.chains).await?;
         self.ack(&pass.to_ack).await;
         Ok(pass.report)

@@ -421,6 +421,45 @@ async fn a_delivery_without_a_request_logs_an_attempt_with_no_call() {
     );
 }
 
+#[tokio::test]
+async fn a_delivery_held_again_by_a_circuit_still_open_is_not_rewritten_and_comes_back() {
+    let b = bench_opening_after(1, &[503, 503], true);
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
+    let first = delivery(1, DeliveryStatus::Pending, None);
+    b.pass(&d, std::slice::from_ref(&first)).await;
+    let second = delivery(2, DeliveryStatus::Pending, None);
+    b.pass(&d, std::slice::from_ref(&second)).await;
+    let held_until = b.status(&second).await.next_attempt_at.unwrap();
+
+    // The circuit half-opens: the first probes and fails, the second waits once more.
+    b.clock.advance(Duration::from_secs(32));
+    let batch = b
+        .store
+        .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 2, "both deliveries' messages are back");
+    let report = d.handle(batch).await.unwrap();
+    assert_eq!((report.calls, report.waiting), (1, 2));
+    let stored = b.status(&second).await;
+    assert_eq!(
+        (stored.status, stored.attempts, stored.next_attempt_at),
+        (DeliveryStatus::Pending, 0, Some(held_until)),
+        "the second hold moved the message's timer, not the record"
+    );
+
+    // The circuit closes: both are sent, once.
+    b.clock.advance(Duration::from_secs(32));
+    let batch = b
+        .store
+        .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let report = d.handle(batch).await.unwrap();
+    assert_eq!((report.sent, report.calls), (2, 2));
+    assert_eq!(b.status(&second).await.status, DeliveryStatus::Sent);
+}
+
 /// The rule `welcome` (one action), chained to `welcome-2`.
 const CHAINED: &str = "\n  - name: welcome\n    on: [contact.created]\n    actions:\n      - trigger_event: {name: welcome}\n    then: [welcome-2]\n  - name: welcome-2\n    actions:\n      - trigger_event: {name: welcome-2}";
 
