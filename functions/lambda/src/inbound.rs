@@ -3,6 +3,7 @@
 use crate::context::{Context, Ports};
 use relay_shared::api::router::{router as api_router, AppState, DEFAULT_BODY_LIMIT};
 use relay_shared::pipeline::inbound::Inbound;
+use relay_shared::telemetry::Telemetry;
 use std::sync::Arc;
 
 /// The shared router on a function's adapters (on AWS: events claimed in DynamoDB, render
@@ -29,6 +30,7 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         seen_ids: std::sync::Arc::new(relay_shared::security::signature::MemorySeenIds::default()),
         // DynamoDB is watched by its own alarms; the router has no local store to report.
         store_health: None,
+        telemetry: Arc::new(Telemetry::new()),
     };
     api_router(Arc::new(state))
 }

@@ -412,6 +412,19 @@ impl SqliteStore {
             .map_err(unavailable)
     }
 
+    /// When the longest-due message of a queue became due (Unix ms), among those due at the
+    /// store's clock time and not being worked on; `None` when none is (`relay_oldest_due_seconds`).
+    pub fn oldest_due_ms(&self, queue: QueueName) -> Result<Option<i64>, StoreError> {
+        let now = self.clock.now_ms();
+        self.read()
+            .query_row(
+                "SELECT MIN(visible_at) FROM jobs WHERE queue = ?1 AND leased = 0 AND visible_at <= ?2",
+                params![queue.as_str(), now],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(unavailable)
+    }
+
     /// Remembers many birthdays in one transaction (imports, tests).
     pub fn remember_birthdays(
         &self,

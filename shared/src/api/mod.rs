@@ -5,5 +5,6 @@
 mod auth;
 mod body;
 pub mod error;
+pub mod metrics;
 pub mod router;
 pub mod serve;

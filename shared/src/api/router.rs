@@ -48,6 +48,8 @@ pub struct AppState {
     /// Whether the store takes writes, for `/health` (`None` where the platform watches
     /// the store itself, as on AWS).
     pub store_health: Option<Arc<dyn StoreHealth>>,
+    /// What the dispatcher reports about each target, for `GET /v1/status`.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// Builds the router.
@@ -69,6 +71,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(post_smartemailing_webhook_by_token),
         )
         .merge(api)
+        .merge(super::metrics::routes(state.clone()))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::metrics::count_refusals,
+        ))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -80,6 +80,7 @@ impl Dispatcher {
                 }
             }
             tally(&mut pass.report, &w.record, &outcome, retry_in);
+            self.report_status(&w.record);
             settled.push((w, retry_in));
         }
         let records: Vec<DeliveryRecord> = settled.iter().map(|(w, _)| w.record.clone()).collect();
@@ -114,6 +115,7 @@ impl Dispatcher {
             .map(|w| {
                 let mut r = w.record.clone();
                 r.record_dry_run();
+                self.report_status(&r);
                 r
             })
             .collect();
