@@ -289,10 +289,10 @@ impl Telemetry {
                 .set(q.oldest_due_seconds);
         }
         if let Some(n) = reading.scheduled {
-            f.scheduled.set(n as i64);
+            f.scheduled.get_or_create(&Vec::new()).set(n as i64);
         }
         if let Some(n) = reading.dead {
-            f.dead.set(n as i64);
+            f.dead.get_or_create(&Vec::new()).set(n as i64);
         }
     }
 

@@ -70,8 +70,18 @@ async fn require_admin_key(state: &AppState, headers: &HeaderMap) -> Result<(), 
         .admin_keys()
         .await
         .map_err(|e| ApiError::unavailable("cannot read the admin keys", e))?;
+    let ingest = state
+        .credentials
+        .api_keys()
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the API keys", e))?;
     match presented {
         Some(key) if key_matches(&key, &admin) => Ok(()),
+        Some(key) if key_matches(&key, &ingest) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the metrics need an admin key (RELAY_ADMIN_KEYS); an ingest key cannot read them",
+        )),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -31,8 +31,10 @@ pub struct Families {
     pub(super) durations: Family<Labels, Histogram, fn() -> Histogram>,
     pub(super) queue_depth: Family<Labels, Gauge>,
     pub(super) oldest_due: Family<Labels, Gauge<f64, AtomicU64>>,
-    pub(super) scheduled: Gauge,
-    pub(super) dead: Gauge,
+    /// A family of one unlabelled series, so it is left out until the store is read.
+    pub(super) scheduled: Family<Labels, Gauge>,
+    /// As `scheduled`.
+    pub(super) dead: Family<Labels, Gauge>,
     pub(super) circuit: Family<Labels, Gauge>,
 }
 
@@ -49,8 +51,8 @@ impl Families {
             durations,
             queue_depth: Family::default(),
             oldest_due: Family::default(),
-            scheduled: Gauge::default(),
-            dead: Gauge::default(),
+            scheduled: Family::default(),
+            dead: Family::default(),
             circuit: Family::default(),
             registry: Registry::default(),
         };
