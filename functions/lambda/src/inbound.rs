@@ -3,7 +3,6 @@
 use crate::context::{Context, Ports};
 use relay_shared::api::router::{router as api_router, AppState, DEFAULT_BODY_LIMIT};
 use relay_shared::pipeline::inbound::Inbound;
-use relay_shared::telemetry::Telemetry;
 use std::sync::Arc;
 
 /// The shared router on a function's adapters (on AWS: events claimed in DynamoDB, render
@@ -21,7 +20,8 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         // SQS takes at most 256 KiB a message; leave room for the job's envelope.
         .with_max_message_bytes(250 * 1024)
         // The event records' TTL: the idempotency window, as `relay serve`'s.
-        .with_event_retention(ctx.config.retention.events.get()),
+        .with_event_retention(ctx.config.retention.events.get())
+        .with_telemetry(ctx.telemetry.clone()),
         events: store.clone(),
         deliveries: store,
         credentials: ctx.ports.credentials.clone(),
@@ -30,7 +30,7 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         seen_ids: std::sync::Arc::new(relay_shared::security::signature::MemorySeenIds::default()),
         // DynamoDB is watched by its own alarms; the router has no local store to report.
         store_health: None,
-        telemetry: Arc::new(Telemetry::new()),
+        telemetry: ctx.telemetry.clone(),
     };
-    api_router(Arc::new(state))
+    crate::metrics::Flusher::of(ctx).around(api_router(Arc::new(state)))
 }
