@@ -188,4 +188,40 @@ mod tests {
             "Milliseconds"
         );
     }
+
+    /// The dead-deliveries alarm in template.yaml watches a series these records make.
+    #[test]
+    fn the_template_alarm_on_dead_deliveries_watches_the_series_the_records_make() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let alarm = &doc["Resources"]["DeadDeliveriesAlarm"]["Properties"];
+        assert_eq!(alarm["Namespace"].as_str(), Some(NAMESPACE));
+        let metric = alarm["MetricName"].as_str().unwrap();
+        let dimensions: Vec<(String, String)> = alarm["Dimensions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let field = |k: &str| d[k].as_str().unwrap().to_string();
+                (field("Name"), field("Value"))
+            })
+            .collect();
+        let t = Telemetry::new();
+        t.record_delivery("welcome", "trigger_event", DeliveryStatus::Dead);
+        let r = record(&t.drain()[0], 0);
+        let directive = &r["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Metrics"][0]["Name"], metric);
+        let names: Vec<Value> = dimensions.iter().map(|(k, _)| json!(k)).collect();
+        assert!(
+            directive["Dimensions"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(names)),
+            "{r}"
+        );
+        for (k, v) in &dimensions {
+            assert_eq!(r[k.as_str()], json!(v));
+        }
+    }
 }
