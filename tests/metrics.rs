@@ -1,7 +1,8 @@
 //! `GET /metrics` read by real consumers: the real `relay serve` takes events (one sent after
 //! a 503, one given up on a 400, a duplicate, a refused one) through the fake SmartEmailing;
 //! the exposition passes `promtool check metrics` (Debian's `prometheus` package) and the
-//! counters moved as the events flowed. Only an admin key reads it.
+//! counters moved as the events flowed; the log follows each event by its id. Only an admin
+//! key reads the metrics.
 
 mod support;
 
@@ -139,12 +140,14 @@ async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
     std::fs::write(&config, config_yaml(&se.base_url(), RULES)).unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
+    let log_path = dir.path().join("relay.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let _relay = Running(spawn_relay(
         &config,
         &dir.path().join("state"),
         port,
-        "warn",
-        Stdio::null(),
+        "info",
+        Stdio::from(log),
     ));
     wait_healthy(&url).await;
     let http = reqwest::Client::new();
@@ -213,6 +216,34 @@ async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
     assert_eq!(after.must("relay_queue_depth{queue=\"dispatch\"}"), 0.0);
     assert_eq!(after.must("relay_dead_deliveries"), 1.0);
     assert_eq!(after.must("relay_scheduled_deliveries"), 0.0);
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    follows_each_delivery(&log);
+}
+
+/// Every log line about a delivery names its delivery, event, rule and target, so one
+/// search for an event's id finds its whole story.
+fn follows_each_delivery(log: &str) {
+    for line in log.lines().filter(|l| l.contains("delivery=")) {
+        for field in ["event=", "rule=", "target="] {
+            assert!(
+                line.contains(field),
+                "no `{field}` in a delivery's line: {line}"
+            );
+        }
+    }
+    let story = |id: &str| -> Vec<&str> {
+        log.lines()
+            .filter(|l| l.contains(&format!("event={id}")))
+            .collect()
+    };
+    let first = story("m-1").join("\n");
+    for step in ["event received", "retrying", "sent"] {
+        assert!(first.contains(step), "m-1's story lacks `{step}`:\n{first}");
+    }
+    assert!(first.contains("target=smartemailing"), "{first}");
+    let second = story("m-2").join("\n");
+    assert!(second.contains("dead: permanent failure"), "{second}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,5 +294,5 @@ async fn only_an_admin_key_reads_the_metrics_and_a_scraper_gets_openmetrics() {
     );
     let text = resp.text().await.unwrap();
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
-    assert!(text.contains("# TYPE relay_events counter"), "{text}");
+    assert!(text.contains("# TYPE relay_build_info gauge"), "{text}");
 }

@@ -180,22 +180,25 @@ impl Inbound {
             }
             None => self.accept_across_ports(&submitted, records, now_ms).await,
         }?;
-        self.count(&submitted, &outcomes);
+        self.report(&submitted, &outcomes);
         Ok(outcomes)
     }
 
-    /// Counts the outcomes (a refused submission is counted by the API, by its code).
-    fn count(&self, submitted: &[Submitted], outcomes: &[(EventId, Accepted)]) {
-        let Some(telemetry) = &self.telemetry else {
-            return;
-        };
-        for (sub, (_, outcome)) in submitted.iter().zip(outcomes) {
+    /// Logs and counts the outcomes (a refused submission is counted by the API, by its
+    /// code): the first line of an event's story in the logs.
+    fn report(&self, submitted: &[Submitted], outcomes: &[(EventId, Accepted)]) {
+        for (sub, (id, outcome)) in submitted.iter().zip(outcomes) {
+            let kind = sub.event.kind.as_str();
+            tracing::info!(event = %id, event_type = %kind, outcome = outcome.as_str(), "event received");
+            let Some(telemetry) = &self.telemetry else {
+                continue;
+            };
             let outcome = match outcome {
                 Accepted::Accepted => EventOutcome::Accepted,
                 Accepted::Duplicate => EventOutcome::Duplicate,
                 Accepted::Failed => EventOutcome::Failed,
             };
-            telemetry.record_event(sub.event.kind.as_str(), outcome);
+            telemetry.record_event(kind, outcome);
         }
     }
 

@@ -272,7 +272,7 @@ impl RenderStep {
                     Ok(p) if due.is_some() => (DeliveryStatus::Scheduled, Some(p), None),
                     Ok(p) => (DeliveryStatus::Pending, Some(p), None),
                     Err(NotRendered::Failed(why)) => {
-                        tracing::warn!(event = %event.id, rule = %r.rule, error = %why, "render failed; the delivery is dead until replayed");
+                        tracing::warn!(delivery = %DeliveryId::derive(&event.id, &r.rule, r.index), event = %event.id, rule = %r.rule, target = "none", error = %why, "render failed; the delivery is dead until replayed");
                         (DeliveryStatus::Dead, None, Some(why))
                     }
                     Err(NotRendered::Skipped(why)) => (DeliveryStatus::Skipped, None, Some(why)),

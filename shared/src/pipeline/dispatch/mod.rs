@@ -142,7 +142,7 @@ impl Pass {
         self.report.dead += 1;
         self.report.dead_ids.push(record.id.clone());
         let reason = record.last_error.as_deref().unwrap_or_default();
-        tracing::warn!(delivery = %record.id, rule = %record.rule, reason = %reason, "dead: waited longer than delivery.max_age");
+        tracing::warn!(delivery = %record.id, event = %record.event_id, rule = %record.rule, target = %report::target_label(record), reason = %reason, "dead: waited longer than delivery.max_age");
     }
 }
 

@@ -34,6 +34,15 @@ pub(super) fn endpoint_of(kind: Target, url: &str) -> &'static str {
         .map_or("other", |p| p.trim_start_matches('/'))
 }
 
+/// The `target` field of a delivery's log lines: its breaker target (`smartemailing`,
+/// `http:<host>`), or `none` before it has a request.
+pub(super) fn target_label(record: &DeliveryRecord) -> String {
+    record
+        .request
+        .as_ref()
+        .map_or_else(|| "none".to_string(), super::send::target_of)
+}
+
 impl Dispatcher {
     /// Reports a call that started at `started`, and the target's circuit after it.
     pub(super) fn report_call(
