@@ -189,7 +189,7 @@ impl Inbound {
     fn report(&self, submitted: &[Submitted], outcomes: &[(EventId, Accepted)]) {
         for (sub, (id, outcome)) in submitted.iter().zip(outcomes) {
             let kind = sub.event.kind.as_str();
-            tracing::info!(event = %id, event_type = %kind, outcome = outcome.as_str(), "event received");
+            tracing::info!(event = %id, event_type = %kind, outcome = %outcome.as_str(), "event received");
             let Some(telemetry) = &self.telemetry else {
                 continue;
             };
