@@ -13,20 +13,52 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::*;
 
+/// One rule, one SmartEmailing call per event: each call's class is the fault pushed for it.
 const RULES: &str = r#"
   - name: welcome
     on: [contact.created]
-    actions:
-      - trigger_event: {name: welcome}
+    actions: [{trigger_event: {name: welcome}}]
 "#;
 
-/// Kills the relay when the test ends, passed or not.
-struct Running(Child);
+/// The real `relay serve` on the fake SmartEmailing, logging at info to a file; killed
+/// when the test ends, passed or not.
+struct Relay {
+    se: FakeSmartEmailing,
+    url: String,
+    http: reqwest::Client,
+    log: std::path::PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
 
-impl Drop for Running {
+impl Relay {
+    async fn start() -> Relay {
+        let se = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("relay.yaml");
+        std::fs::write(&config, config_yaml(&se.base_url(), RULES)).unwrap();
+        let port = free_port();
+        let log = dir.path().join("relay.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let state = dir.path().join("state");
+        let child = spawn_relay(&config, &state, port, "info", Stdio::from(file));
+        let url = format!("http://127.0.0.1:{port}");
+        wait_healthy(&url).await;
+        Relay {
+            se,
+            url,
+            http: reqwest::Client::new(),
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Relay {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -134,25 +166,11 @@ async fn post_event(http: &reqwest::Client, url: &str, body: &Value) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
-    let se = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("relay.yaml");
-    std::fs::write(&config, config_yaml(&se.base_url(), RULES)).unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let log_path = dir.path().join("relay.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _relay = Running(spawn_relay(
-        &config,
-        &dir.path().join("state"),
-        port,
-        "info",
-        Stdio::from(log),
-    ));
-    wait_healthy(&url).await;
-    let http = reqwest::Client::new();
+    let relay = Relay::start().await;
+    let (se, url, http) = (&relay.se, relay.url.as_str(), &relay.http);
+    let log_path = relay.log.clone();
 
-    let (status, text) = scrape(&http, &url, ADMIN_KEY).await;
+    let (status, text) = scrape(http, url, ADMIN_KEY).await;
     assert_eq!(status, 200, "{text}");
     promtool_check(&text);
     let before = Scrape::parse(text);
@@ -165,19 +183,19 @@ async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
     // Sent on the second call, after a 503.
     se.fail_next(1, Fault::status(503));
     let first = event("m-1", "contact.created", "jana@example.com");
-    assert_eq!(post_event(&http, &url, &first).await, 202);
-    wait_status(&http, &url, "m-1", "sent").await;
+    assert_eq!(post_event(http, url, &first).await, 202);
+    wait_status(http, url, "m-1", "sent").await;
     // Given up: SmartEmailing refuses it for good.
     se.fail_next(1, Fault::status(400));
     let second = event("m-2", "contact.created", "petr@example.com");
-    assert_eq!(post_event(&http, &url, &second).await, 202);
-    wait_status(&http, &url, "m-2", "dead").await;
+    assert_eq!(post_event(http, url, &second).await, 202);
+    wait_status(http, url, "m-2", "dead").await;
     // A duplicate, and an event refused for its missing type.
-    assert_eq!(post_event(&http, &url, &first).await, 202);
+    assert_eq!(post_event(http, url, &first).await, 202);
     let untyped = json!({"id": "m-3", "contact": {"email": "eva@example.com"}});
-    assert_eq!(post_event(&http, &url, &untyped).await, 400);
+    assert_eq!(post_event(http, url, &untyped).await, 400);
 
-    let (status, text) = scrape(&http, &url, ADMIN_KEY).await;
+    let (status, text) = scrape(http, url, ADMIN_KEY).await;
     assert_eq!(status, 200, "{text}");
     promtool_check(&text);
     let after = Scrape::parse(text);
@@ -248,29 +266,16 @@ fn follows_each_delivery(log: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_admin_key_reads_the_metrics_and_a_scraper_gets_openmetrics() {
-    let se = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("relay.yaml");
-    std::fs::write(&config, config_yaml(&se.base_url(), RULES)).unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _relay = Running(spawn_relay(
-        &config,
-        &dir.path().join("state"),
-        port,
-        "warn",
-        Stdio::null(),
-    ));
-    wait_healthy(&url).await;
-    let http = reqwest::Client::new();
+    let relay = Relay::start().await;
+    let (url, http) = (relay.url.as_str(), &relay.http);
 
-    let (status, text) = scrape(&http, &url, API_KEY).await;
+    let (status, text) = scrape(http, url, API_KEY).await;
     assert_eq!(
         status, 403,
         "an ingest key must not read the metrics: {text}"
     );
     assert!(!text.contains("relay_"), "{text}");
-    let (status, _) = scrape(&http, &url, "not-a-key").await;
+    let (status, _) = scrape(http, url, "not-a-key").await;
     assert_eq!(status, 401);
     let anonymous = http.get(format!("{url}/metrics")).send().await.unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
