@@ -12,7 +12,7 @@ mod labels;
 mod pending;
 
 pub use class::CallClass;
-pub use gauges::{GaugeReading, GaugeSource, QueueReading};
+pub use gauges::{GaugeReading, GaugeSource, QueueReading, StoreGauges};
 pub use labels::{Bounded, OTHER};
 pub use pending::{Sample, SampleValue};
 

@@ -1,7 +1,7 @@
 //! The inbound function: API Gateway's HTTP API in front of the same router as `relay serve`.
 
 use crate::context::{Context, Ports};
-use relay_shared::api::router::{router as api_router, AppState, DEFAULT_BODY_LIMIT};
+use relay_shared::api::router::{router as api_router, AppState, Platform, DEFAULT_BODY_LIMIT};
 use relay_shared::pipeline::inbound::Inbound;
 use std::sync::Arc;
 
@@ -30,7 +30,12 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         seen_ids: std::sync::Arc::new(relay_shared::security::signature::MemorySeenIds::default()),
         // DynamoDB is watched by its own alarms; the router has no local store to report.
         store_health: None,
+        queue: ctx.ports.queue.clone(),
+        // The container's recorder: the inbound step counts events into it, written as
+        // CloudWatch metrics after each request. It makes no calls to the targets, so the
+        // status route's note says where the targets' health is seen on AWS.
         telemetry: ctx.telemetry.clone(),
+        platform: Platform::Aws,
     };
     crate::metrics::Flusher::of(ctx).around(api_router(Arc::new(state)))
 }

@@ -2,14 +2,14 @@
 //! only (an ingest key is a shop's, and the metrics name rules, targets and volumes). Also
 //! the count of submissions the API refused, by error code, which no handler sees whole.
 
+use super::auth::require_admin;
 use super::error::ApiError;
 use super::router::AppState;
-use crate::domain::secret::key_matches;
 use crate::telemetry::EventOutcome;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -24,18 +24,17 @@ const UNREAD_TYPE: &str = "unknown";
 /// The most of an error body read to find its code (error bodies are a few hundred bytes).
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
 
-/// The `/metrics` route.
+/// The `/metrics` route, behind the admin-key check (an ingest key gets 403).
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/metrics", get(get_metrics))
-        .with_state(state)
+        .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
 async fn get_metrics(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin_key(&state, &headers).await?;
     let text = state
         .telemetry
         .exposition(state.clock.now_ms())
@@ -55,39 +54,6 @@ async fn get_metrics(
         body,
     )
         .into_response())
-}
-
-/// Refuses any caller without an admin key as its Bearer token.
-async fn require_admin_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim().to_string());
-    let admin = state
-        .credentials
-        .admin_keys()
-        .await
-        .map_err(|e| ApiError::unavailable("cannot read the admin keys", e))?;
-    let ingest = state
-        .credentials
-        .api_keys()
-        .await
-        .map_err(|e| ApiError::unavailable("cannot read the API keys", e))?;
-    match presented {
-        Some(key) if key_matches(&key, &admin) => Ok(()),
-        Some(key) if key_matches(&key, &ingest) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the metrics need an admin key (RELAY_ADMIN_KEYS); an ingest key cannot read them",
-        )),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the metrics need an admin key (RELAY_ADMIN_KEYS) as Authorization: Bearer <key>",
-        )),
-    }
 }
 
 /// The exposition in Prometheus's own text format: OpenMetrics names a counter's family

@@ -1,7 +1,11 @@
 //! The gauges read when the metrics are scraped (queue depths, the oldest due message,
 //! scheduled and dead deliveries): the store knows them, so they are asked, not counted.
 
+use crate::domain::delivery::DeliveryStatus;
+use crate::ports::queue::{QueueDepth, QueueName};
+use crate::ports::{DeliveryStore, Queue};
 use async_trait::async_trait;
+use std::sync::Arc;
 
 /// One queue's gauges.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -25,48 +29,49 @@ pub struct GaugeReading {
     pub dead: Option<u64>,
 }
 
-/// Where the gauges come from (the local store for `relay serve`).
+/// Where the gauges come from (`StoreGauges` for `relay serve`).
 #[async_trait]
 pub trait GaugeSource: Send + Sync {
     /// The gauges as of `now_ms`.
     async fn read(&self, now_ms: i64) -> GaugeReading;
 }
 
-#[cfg(feature = "local")]
-mod sqlite {
-    use super::{GaugeReading, GaugeSource, QueueReading};
-    use crate::adapters::sqlite::SqliteStore;
-    use crate::domain::delivery::DeliveryStatus;
-    use crate::ports::queue::QueueName;
-    use crate::ports::DeliveryStore;
-    use async_trait::async_trait;
+/// The gauges of a store and its queues, read through their ports.
+pub struct StoreGauges {
+    /// The queues (`Queue::depth`).
+    pub queue: Arc<dyn Queue>,
+    /// The deliveries (`DeliveryStore::count_by_status`).
+    pub deliveries: Arc<dyn DeliveryStore>,
+}
 
-    #[async_trait]
-    impl GaugeSource for SqliteStore {
-        async fn read(&self, now_ms: i64) -> GaugeReading {
-            let mut queues = Vec::new();
-            for queue in [QueueName::Render, QueueName::Dispatch] {
-                let (Ok(depth), Ok(oldest)) = (self.queue_depth(queue), self.oldest_due_ms(queue))
-                else {
-                    continue;
-                };
-                queues.push(QueueReading {
-                    queue: queue.as_str(),
-                    depth: depth as u64,
-                    oldest_due_seconds: oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0),
-                });
-            }
-            let counts = self.count_by_status(0).await.ok();
-            let count = |s: DeliveryStatus| {
-                counts
-                    .as_ref()
-                    .map(|c| c.iter().filter(|(k, _)| *k == s).map(|(_, n)| *n).sum())
+#[async_trait]
+impl GaugeSource for StoreGauges {
+    async fn read(&self, now_ms: i64) -> GaugeReading {
+        let mut queues = Vec::new();
+        for queue in [QueueName::Render, QueueName::Dispatch] {
+            let Ok(QueueDepth {
+                messages: Some(depth),
+                oldest_due_age_ms,
+            }) = self.queue.depth(queue, now_ms).await
+            else {
+                continue;
             };
-            GaugeReading {
-                queues,
-                scheduled: count(DeliveryStatus::Scheduled),
-                dead: count(DeliveryStatus::Dead),
-            }
+            queues.push(QueueReading {
+                queue: queue.as_str(),
+                depth,
+                oldest_due_seconds: oldest_due_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
+            });
+        }
+        let counts = self.deliveries.count_by_status(0).await.ok();
+        let count = |s: DeliveryStatus| {
+            counts
+                .as_ref()
+                .map(|c| c.iter().filter(|(k, _)| *k == s).map(|(_, n)| *n).sum())
+        };
+        GaugeReading {
+            queues,
+            scheduled: count(DeliveryStatus::Scheduled),
+            dead: count(DeliveryStatus::Dead),
         }
     }
 }
