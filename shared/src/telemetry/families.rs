@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
 
 /// A series' labels, names first.
@@ -17,6 +17,16 @@ pub type Labels = Vec<(&'static str, String)>;
 const DURATION_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Registers families of one type, each with its name and help.
+fn register_all<M: Metric + Clone, const N: usize>(
+    registry: &mut Registry,
+    families: [(&str, &str, &M); N],
+) {
+    for (name, help, family) in families {
+        registry.register(name, help, family.clone());
+    }
+}
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
@@ -56,50 +66,44 @@ impl Families {
             circuit: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "relay_events",
-            "Events submitted, by type and outcome (accepted, duplicate, failed, refused; code: why refused)",
-            f.events.clone(),
-        );
-        registry.register(
-            "relay_deliveries",
-            "Deliveries entering a status, by rule, action and status",
-            f.deliveries.clone(),
-        );
-        registry.register(
-            "relay_target_requests",
-            "Calls to targets, by target, endpoint and class (2xx, 3xx, 4xx, 5xx, timeout, network, envelope_error, rate_limited)",
-            f.requests.clone(),
-        );
+        let counters = [
+            ("relay_events", "Events submitted, by type and outcome (accepted, duplicate, failed, refused; code: why refused)", &f.events),
+            ("relay_deliveries", "Deliveries entering a status, by rule, action and status", &f.deliveries),
+            ("relay_target_requests", "Calls to targets, by target, endpoint and class (2xx, 3xx, 4xx, 5xx, timeout, network, envelope_error, rate_limited)", &f.requests),
+        ];
+        register_all(&mut registry, counters);
         registry.register(
             "relay_target_request_duration_seconds",
             "How long calls to targets took, by target and endpoint",
             f.durations.clone(),
         );
-        registry.register(
-            "relay_queue_depth",
-            "Messages waiting in a queue, due or not",
-            f.queue_depth.clone(),
-        );
+        let gauges = [
+            (
+                "relay_queue_depth",
+                "Messages waiting in a queue, due or not",
+                &f.queue_depth,
+            ),
+            (
+                "relay_scheduled_deliveries",
+                "Deliveries held by a timer",
+                &f.scheduled,
+            ),
+            (
+                "relay_dead_deliveries",
+                "Deliveries given up and held for a replay",
+                &f.dead,
+            ),
+            (
+                "relay_circuit_state",
+                "Each target's circuit: 0 closed, 1 half-open, 2 open",
+                &f.circuit,
+            ),
+        ];
+        register_all(&mut registry, gauges);
         registry.register(
             "relay_oldest_due_seconds",
             "How long the oldest due message of a queue has been due",
             f.oldest_due.clone(),
-        );
-        registry.register(
-            "relay_scheduled_deliveries",
-            "Deliveries held by a timer",
-            f.scheduled.clone(),
-        );
-        registry.register(
-            "relay_dead_deliveries",
-            "Deliveries given up and held for a replay",
-            f.dead.clone(),
-        );
-        registry.register(
-            "relay_circuit_state",
-            "Each target's circuit: 0 closed, 1 half-open, 2 open",
-            f.circuit.clone(),
         );
         let build: Family<Labels, Gauge> = Family::default();
         build
