@@ -94,7 +94,7 @@ pub struct CallReport<'a> {
     pub class: CallClass,
     /// How long it took.
     pub duration: Duration,
-    /// When it started (Unix ms).
+    /// When it was answered, or gave up waiting (Unix ms).
     pub at_ms: i64,
     /// Why it failed; `None` when it succeeded.
     pub error: Option<&'a str>,

@@ -3,7 +3,8 @@
 //! one delivery, with its credentials and its host's addresses checked just before the call.
 //! Every answer goes through `policy::classify` and feeds the target's breaker.
 
-use super::{report, DispatchReport, Dispatcher};
+use super::report::endpoint_of;
+use super::{DispatchReport, Dispatcher};
 use crate::domain::delivery::{AuthRef, DeliveryRecord, Outcome, Prepared};
 use crate::domain::secret::{basic_header, SeCredentials};
 use crate::domain::smartemailing::Endpoint;
@@ -294,7 +295,7 @@ impl Dispatcher {
     ) -> Verdict {
         self.pacer.wait(target).await;
         report.calls += 1;
-        let (endpoint, started) = (report::endpoint_of(kind, &request.url), Instant::now());
+        let (endpoint, started) = (endpoint_of(kind, &request.url), Instant::now());
         let result = self.ctx.transport.send(request).await;
         let verdict = classify(kind, &result, self.ctx.clock.now());
         let now_ms = self.ctx.clock.now_ms();
