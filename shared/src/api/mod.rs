@@ -7,6 +7,7 @@ mod auth;
 mod body;
 pub mod error;
 mod manage;
+pub mod metrics;
 pub mod router;
 pub mod serve;
 mod status;
