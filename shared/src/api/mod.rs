@@ -4,6 +4,7 @@
 
 mod auth;
 mod body;
+mod console;
 pub mod error;
 pub mod router;
 pub mod serve;

@@ -68,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/webhooks/smartemailing/{token}",
             post(post_smartemailing_webhook_by_token),
         )
+        .merge(super::console::routes())
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
