@@ -22,8 +22,9 @@ pub struct Browser {
     driver: Child,
     http: reqwest::Client,
     base: String,
-    /// The window's width and height in CSS pixels.
-    pub size: (u32, u32),
+    /// The viewport's width and height in CSS pixels.
+    size: (u32, u32),
+    mobile: bool,
 }
 
 /// An element of the page.
@@ -60,9 +61,11 @@ impl Browser {
             http: reqwest::Client::new(),
             base: format!("http://127.0.0.1:{port}"),
             size: (width, height),
+            mobile: false,
         };
         b.wait_ready().await;
         b.new_session(&chromium).await;
+        b.viewport(width, height, false).await;
         b
     }
 
@@ -261,18 +264,25 @@ impl Browser {
             .collect()
     }
 
-    /// Resizes the window (CSS pixels).
-    pub async fn resize(&mut self, width: u32, height: u32) {
-        self.call(
-            "POST",
-            "/window/rect",
-            Some(json!({"width": width, "height": height})),
-        )
-        .await;
+    /// Sets the page's viewport (CSS pixels; `mobile` as a phone's browser lays out).
+    pub async fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
+        self.metrics(width, height, mobile).await;
         self.size = (width, height);
+        self.mobile = mobile;
     }
 
-    /// Saves a PNG of the whole page (as tall as its content) to `path`.
+    async fn metrics(&self, width: u32, height: u32, mobile: bool) {
+        let params =
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile});
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": params})),
+        )
+        .await;
+    }
+
+    /// Saves a PNG of the whole page (as tall as its content, up to 4000 px) to `path`.
     pub async fn screenshot(&self, path: &Path) {
         let height = self
             .execute(
@@ -285,19 +295,9 @@ impl Browser {
         let tall = u32::try_from(height)
             .unwrap_or(self.size.1)
             .clamp(self.size.1, 4000);
-        self.call(
-            "POST",
-            "/window/rect",
-            Some(json!({"width": self.size.0, "height": tall})),
-        )
-        .await;
+        self.metrics(self.size.0, tall, self.mobile).await;
         let v = self.call("GET", "/screenshot", None).await;
-        self.call(
-            "POST",
-            "/window/rect",
-            Some(json!({"width": self.size.0, "height": self.size.1})),
-        )
-        .await;
+        self.metrics(self.size.0, self.size.1, self.mobile).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or_default())
             .unwrap_or_else(|e| panic!("screenshot: {e}"));

@@ -25,6 +25,7 @@ const loginForm = document.getElementById("login-form");
 const loginReason = document.getElementById("login-reason");
 const keyInput = document.getElementById("admin-key");
 const signOut = document.getElementById("sign-out");
+const nav = document.querySelector(".top nav");
 let current = null;
 
 /** The route of the hash: its path and its query. */
@@ -46,6 +47,7 @@ function showLogin(reason) {
   stop();
   main.hidden = true;
   signOut.hidden = true;
+  nav.hidden = true;
   login.hidden = false;
   loginReason.hidden = !reason;
   loginReason.textContent = reason || "";
@@ -59,6 +61,7 @@ async function render() {
   login.hidden = true;
   main.hidden = false;
   signOut.hidden = false;
+  nav.hidden = false;
   const {path, params} = location();
   const route = routes.find(([re]) => re.test(path));
   const ctx = {params, controller: new AbortController(), cleanups: []};

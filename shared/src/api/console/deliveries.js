@@ -41,12 +41,12 @@ export function deliveryTable(rows, empty, columns = {event: true}) {
     [["Delivery"], ["Status"], ["Rule · action"], ["Contact"], columns.event ? ["Event"] : null, ["Attempts", "num"], ["When"], ["Last error"]]
       .filter(Boolean),
     rows.map((d) => [
-      ["Delivery", h("a", {href: `#/delivery/${encodeURIComponent(d.id)}`, class: "mono"}, d.id)],
+      ["Delivery", h("a", {href: `#/delivery/${encodeURIComponent(d.id)}`, class: "mono id", title: d.id}, d.id)],
       ["Status", badge(d.status)],
       ["Rule · action", [h("div", {}, d.rule), h("div", {class: "muted"}, d.action)]],
-      ["Contact", d.email || "—", "wrap"],
+      ["Contact", d.email || "—", "email"],
       columns.event ? ["Event", d.event_id
-        ? [h("a", {href: `#/event/${encodeURIComponent(d.event_id)}`, class: "mono"}, d.event_id), h("div", {class: "muted"}, d.event_type || "")]
+        ? [h("a", {href: `#/event/${encodeURIComponent(d.event_id)}`, class: "mono id", title: d.event_id}, d.event_id), h("div", {class: "muted"}, d.event_type || "")]
         : "—", "wrap"] : null,
       ["Attempts", String(d.attempts ?? 0), "num"],
       ["When", whenCell(d)],

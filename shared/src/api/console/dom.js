@@ -71,7 +71,7 @@ export function card(title, ...children) {
 export function table(headers, rows, empty) {
   if (!rows.length) return h("p", {class: "empty"}, empty || "Nothing here.");
   return h("div", {class: "table-wrap"},
-    h("table", {class: "cards"},
+    h("table", {class: headers.length > 3 ? "cards" : null},
       h("thead", {}, h("tr", {}, headers.map(([name, cls]) => h("th", {scope: "col", class: cls}, name)))),
       h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map(([label, content, cls]) =>
         h("td", {"data-label": label, class: cls}, content)))))));

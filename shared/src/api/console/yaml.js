@@ -1,18 +1,22 @@
 // Rules as the YAML of the config file, for the playground's editor. Strings are written
 // double-quoted (JSON's escapes are YAML's), so a template's braces need no care.
 
-const PLAIN = /^[A-Za-z_][A-Za-z0-9_.\-]*$/;
+const PLAIN = /^[A-Za-z0-9_][A-Za-z0-9_.\-]*$/;
+const NUMBER = /^[-+.\d][\d_.eE+-]*$/;
 const RESERVED = /^(true|false|yes|no|on|off|null|y|n|~)$/i;
+/** The order a rule is written in the config (the API's JSON is in key order). */
+const RULE_KEYS = ["name", "on", "if", "unless", "after", "actions", "then"];
 
 function scalar(v) {
   if (v === null || v === undefined) return "null";
   if (typeof v === "number" || typeof v === "boolean") return String(v);
   const s = String(v);
-  return PLAIN.test(s) && !RESERVED.test(s) ? s : JSON.stringify(s);
+  return PLAIN.test(s) && !NUMBER.test(s) && !RESERVED.test(s) ? s : JSON.stringify(s);
 }
 
 function key(k) {
-  return PLAIN.test(k) && !RESERVED.test(k) ? k : JSON.stringify(k);
+  // A rule's `on` is a key the relay reads as a string (YAML 1.2), as the config writes it.
+  return PLAIN.test(k) ? k : JSON.stringify(k);
 }
 
 function isFlat(v) {
@@ -50,7 +54,9 @@ function lines(v, indent) {
  * action `{kind, ...}` written `{kind: {...}}`. */
 export function ruleToYaml(rule) {
   const out = {};
-  for (const [k, v] of Object.entries(rule)) {
+  const keys = [...RULE_KEYS.filter((k) => k in rule), ...Object.keys(rule).filter((k) => !RULE_KEYS.includes(k))];
+  for (const k of keys) {
+    const v = rule[k];
     if (v === null || v === undefined || (Array.isArray(v) && !v.length)) continue;
     out[k] = k === "actions" && Array.isArray(v) ? v.map(actionShape) : v;
   }
