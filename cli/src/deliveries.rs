@@ -4,14 +4,13 @@
 use crate::config::locate_and_load;
 use crate::{internal, user, Failure};
 use anyhow::anyhow;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use relay_shared::adapters::sqlite::SqliteStore;
 use relay_shared::domain::delivery::{DeliveryId, DeliveryStatus};
-use relay_shared::pipeline::dispatch::replay as replay_deliveries;
+use relay_shared::pipeline::replay::{self, ReplayPorts};
 use relay_shared::ports::clock::{Clock, SystemClock};
 use relay_shared::ports::{DeliveryFilter, DeliveryStore, EventStore, Queue};
 use relay_shared::rules::config::Config;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,12 +18,9 @@ use std::sync::Arc;
 /// `--since`: an RFC 3339 time, or a duration ago; in Unix ms.
 fn parse_since(since: Option<String>) -> Result<Option<i64>, Failure> {
     let Some(s) = since else { return Ok(None) };
-    if let Ok(t) = DateTime::parse_from_rfc3339(&s) {
-        return Ok(Some(t.timestamp_millis()));
-    }
-    match humantime::parse_duration(&s) {
-        Ok(d) => Ok(Some(Utc::now().timestamp_millis() - d.as_millis() as i64)),
-        Err(_) => Err(user(anyhow!(
+    match replay::parse_since(&s, Utc::now()) {
+        Some(ms) => Ok(Some(ms)),
+        None => Err(user(anyhow!(
             "--since: `{s}` is neither an RFC 3339 time nor a duration like 2h"
         ))),
     }
@@ -160,9 +156,6 @@ fn horizon(oldest_ms: Option<i64>) -> String {
     )
 }
 
-/// How many ids are read or replayed per store call (and per progress line).
-const CHUNK: usize = 100;
-
 /// Replays the named deliveries and/or every dead one, in chunks. An id that names no
 /// delivery is a mistake (a typo, another state): nothing is replayed and it exits 1.
 pub(crate) async fn replay(
@@ -187,17 +180,12 @@ pub(crate) async fn replay(
             status: Some(DeliveryStatus::Dead),
             rule,
             since_ms: parse_since(since)?,
-            limit: 0,
             ..DeliveryFilter::default()
         };
         targets.extend(
-            stores
-                .deliveries
-                .list(&filter)
+            replay::matching_ids(stores.deliveries.as_ref(), &filter)
                 .await
-                .map_err(internal)?
-                .into_iter()
-                .map(|d| d.id),
+                .map_err(internal)?,
         );
     }
     let total = targets.len();
@@ -208,16 +196,10 @@ pub(crate) async fn replay(
 
 /// Fails, naming them, when some of the ids name no delivery.
 async fn refuse_unknown(ids: &[DeliveryId], stores: &Stores) -> Result<(), Failure> {
-    let mut known = HashSet::new();
-    for chunk in ids.chunks(CHUNK) {
-        let found = stores.deliveries.get_many(chunk).await.map_err(internal)?;
-        known.extend(found.into_iter().map(|d| d.id));
-    }
-    let unknown: Vec<&str> = ids
-        .iter()
-        .filter(|id| !known.contains(*id))
-        .map(DeliveryId::as_str)
-        .collect();
+    let unknown = replay::unknown_ids(stores.deliveries.as_ref(), ids)
+        .await
+        .map_err(internal)?;
+    let unknown: Vec<&str> = unknown.iter().map(DeliveryId::as_str).collect();
     match unknown.as_slice() {
         [] => Ok(()),
         [one] => Err(user(anyhow!(
@@ -237,25 +219,16 @@ async fn replay_in_chunks(
     stores: &Stores,
 ) -> Result<usize, Failure> {
     let total = targets.len();
-    let mut queued = 0usize;
-    for (i, chunk) in targets.chunks(CHUNK).enumerate() {
-        let done = replay_deliveries(
-            config,
-            stores.events.as_ref(),
-            stores.deliveries.as_ref(),
-            stores.queue.as_ref(),
-            chunk,
-            SystemClock.now(),
-        )
-        .await
-        .map_err(internal)?;
-        queued += done.len();
-        eprintln!(
-            "replay: {}/{} looked at, {} queued",
-            (i * CHUNK + chunk.len()).min(total),
-            total,
-            queued
-        );
-    }
-    Ok(queued)
+    let ports = ReplayPorts {
+        config,
+        events: stores.events.as_ref(),
+        deliveries: stores.deliveries.as_ref(),
+        queue: stores.queue.as_ref(),
+    };
+    let done = replay::replay_in_chunks(&ports, targets, SystemClock.now(), |seen, queued| {
+        eprintln!("replay: {seen}/{total} looked at, {queued} queued");
+    })
+    .await
+    .map_err(internal)?;
+    Ok(done.queued.len())
 }

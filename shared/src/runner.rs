@@ -1,7 +1,7 @@
 //! `relay serve`: the HTTP API and the render and dispatch workers in one process, on SQLite.
 
 use crate::adapters::sqlite::{SqliteStore, SweepReport};
-use crate::api::router::{router, AppState};
+use crate::api::router::{router, AppState, Platform};
 use crate::pipeline::dispatch::Dispatcher;
 use crate::pipeline::inbound::Inbound;
 use crate::pipeline::render::{RenderPorts, RenderResult, RenderStep};
@@ -9,6 +9,7 @@ use crate::ports::clock::Clock;
 use crate::ports::queue::QueueName;
 use crate::ports::{Credentials, Queue, StoreError, StoreHealth, Transport};
 use crate::rules::config::Config;
+use crate::telemetry::Telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct Relay {
     pub addr: SocketAddr,
     /// The store (for inspection).
     pub store: SqliteStore,
+    /// What the dispatcher reports about each target; the API's status route reads it.
+    pub telemetry: Arc<Telemetry>,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
@@ -90,6 +93,8 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         dispatch: Arc::new(Notify::new()),
     };
     let (stop, stop_rx) = watch::channel(false);
+    // One recorder for the process: the dispatcher reports into it, the API reads it.
+    let telemetry = Arc::new(Telemetry::new());
     let state = Arc::new(AppState {
         config: opts.config.clone(),
         inbound: inbound(&opts, &shared, &wakes.render).with_atomic(shared.clone()),
@@ -100,12 +105,16 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         body_limit: opts.body_limit,
         seen_ids: Arc::new(crate::security::signature::MemorySeenIds::default()),
         store_health: Some(shared.clone()),
+        queue: shared.clone(),
+        telemetry: telemetry.clone(),
+        platform: Platform::Local,
     });
     let server = tokio::spawn(serve_api(listener, state, stop_rx));
     let workers = spawn_workers(&opts, &store, &wakes, &stop);
     Ok(Relay {
         addr,
         store,
+        telemetry,
         stop,
         server,
         workers,

@@ -29,6 +29,8 @@ pub const SE_USER: &str = "shop@example.com";
 pub const SE_KEY: &str = "se-key-4f1c9a7e2b";
 /// The inbound API key in the tests.
 pub const API_KEY: &str = "relay-key-9d2e7c1a";
+/// The admin key (the management API) in the tests.
+pub const ADMIN_KEY: &str = "relay-admin-3b8f0d6e";
 /// The token of SmartEmailing's registered webhooks in tests.
 pub const WEBHOOK_TOKEN: &str = "se-hook-token-5f1c9a";
 /// How long a test waits for something that should happen quickly.
@@ -54,6 +56,7 @@ pub fn bundle(with_smartemailing: bool) -> SecretBundle {
             api_key: Secret::new(SE_KEY),
         }),
         api_keys: vec![Secret::new("old-key-rotated-out"), Secret::new(API_KEY)],
+        admin_keys: vec![Secret::new(ADMIN_KEY)],
         webhook_tokens: vec![Secret::new(WEBHOOK_TOKEN)],
         named,
     }
@@ -284,6 +287,7 @@ pub fn spawn_relay(
         .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
         .arg(state)
         .env("RELAY_API_KEYS", API_KEY)
+        .env("RELAY_ADMIN_KEYS", ADMIN_KEY)
         .env("SMARTEMAILING_USERNAME", SE_USER)
         .env("SMARTEMAILING_API_KEY", SE_KEY)
         .env("RUST_LOG", log)

@@ -1,8 +1,9 @@
 //! The inbound function: API Gateway's HTTP API in front of the same router as `relay serve`.
 
 use crate::context::{Context, Ports};
-use relay_shared::api::router::{router as api_router, AppState, DEFAULT_BODY_LIMIT};
+use relay_shared::api::router::{router as api_router, AppState, Platform, DEFAULT_BODY_LIMIT};
 use relay_shared::pipeline::inbound::Inbound;
+use relay_shared::telemetry::Telemetry;
 use std::sync::Arc;
 
 /// The shared router on a function's adapters (on AWS: events claimed in DynamoDB, render
@@ -29,6 +30,11 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         seen_ids: std::sync::Arc::new(relay_shared::security::signature::MemorySeenIds::default()),
         // DynamoDB is watched by its own alarms; the router has no local store to report.
         store_health: None,
+        queue: ctx.ports.queue.clone(),
+        // The inbound container makes no calls to the targets: its recorder stays empty, and
+        // the status route's note says where the targets' health is seen on AWS.
+        telemetry: Arc::new(Telemetry::new()),
+        platform: Platform::Aws,
     };
     api_router(Arc::new(state))
 }

@@ -47,6 +47,7 @@ fn secrets(smartemailing: bool) -> SecretBundle {
             api_key: Secret::new("se-key"),
         }),
         api_keys: vec![Secret::new("fixture-api-key")],
+        admin_keys: vec![Secret::new("fixture-admin-key")],
         webhook_tokens: Vec::new(),
         named: Default::default(),
     }

@@ -1,5 +1,5 @@
 //! Credentials from the local environment (`relay serve`): `SMARTEMAILING_USERNAME`,
-//! `SMARTEMAILING_API_KEY`, `RELAY_API_KEYS` and `RELAY_SECRET_<NAME>`; also held in memory
+//! `SMARTEMAILING_API_KEY`, `RELAY_API_KEYS`, `RELAY_ADMIN_KEYS` and `RELAY_SECRET_<NAME>`; also held in memory
 //! for tests.
 
 use crate::domain::secret::{secret_list, SeCredentials, Secret, SecretBundle};
@@ -10,7 +10,7 @@ use std::sync::RwLock;
 
 impl SecretBundle {
     /// Reads the local environment: `SMARTEMAILING_USERNAME`, `SMARTEMAILING_API_KEY`,
-    /// `RELAY_API_KEYS` and `RELAY_WEBHOOK_TOKENS` (comma-separated) and `RELAY_SECRET_<NAME>` for each named secret.
+    /// `RELAY_API_KEYS`, `RELAY_ADMIN_KEYS` and `RELAY_WEBHOOK_TOKENS` (comma-separated) and `RELAY_SECRET_<NAME>` for each named secret.
     pub fn from_env(names: &[String]) -> Self {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let smartemailing = match (get("SMARTEMAILING_USERNAME"), get("SMARTEMAILING_API_KEY")) {
@@ -26,6 +26,7 @@ impl SecretBundle {
                 .unwrap_or_default()
         };
         let api_keys = list("RELAY_API_KEYS");
+        let admin_keys = list("RELAY_ADMIN_KEYS");
         let webhook_tokens = list("RELAY_WEBHOOK_TOKENS");
         let named = names
             .iter()
@@ -34,6 +35,7 @@ impl SecretBundle {
         Self {
             smartemailing,
             api_keys,
+            admin_keys,
             webhook_tokens,
             named,
         }
@@ -100,6 +102,10 @@ impl Credentials for StaticCredentials {
 
     async fn api_keys(&self) -> Result<Vec<Secret>, SecretError> {
         Ok(self.read().api_keys)
+    }
+
+    async fn admin_keys(&self) -> Result<Vec<Secret>, SecretError> {
+        Ok(self.read().admin_keys)
     }
 
     async fn webhook_tokens(&self) -> Result<Vec<Secret>, SecretError> {

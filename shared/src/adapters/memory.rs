@@ -479,6 +479,14 @@ impl ContactStore for MemoryStore {
 
 #[async_trait]
 impl Queue for MemoryStore {
+    async fn depth(
+        &self,
+        queue: QueueName,
+        now_ms: i64,
+    ) -> Result<crate::ports::queue::QueueDepth, QueueError> {
+        Ok(self.depth_at(queue, now_ms))
+    }
+
     async fn send(
         &self,
         queue: QueueName,
@@ -559,6 +567,25 @@ impl DeadLetters for MemoryStore {
             .dead_letters
             .extend(letters.iter().map(|l| (queue, l.clone())));
         Ok(())
+    }
+}
+
+/// Queue depths for `GET /v1/status`.
+impl MemoryStore {
+    fn depth_at(&self, queue: QueueName, now_ms: i64) -> crate::ports::queue::QueueDepth {
+        let state = self.lock();
+        let mut count = 0u64;
+        let mut oldest: Option<i64> = None;
+        for j in state.jobs.values().filter(|j| j.queue == queue) {
+            count += 1;
+            if j.visible_at <= now_ms {
+                oldest = Some(oldest.map_or(j.visible_at, |o| o.min(j.visible_at)));
+            }
+        }
+        crate::ports::queue::QueueDepth {
+            messages: Some(count),
+            oldest_due_age_ms: oldest.map(|t| now_ms - t),
+        }
     }
 }
 

@@ -877,6 +877,17 @@ fn request_json(r: &DeliveryRecord) -> rusqlite::Result<Option<String>> {
 
 #[async_trait]
 impl Queue for SqliteStore {
+    async fn depth(
+        &self,
+        queue: QueueName,
+        now_ms: i64,
+    ) -> Result<crate::ports::queue::QueueDepth, QueueError> {
+        self.depth_at(queue, now_ms).map_err(|e| QueueError {
+            failed: Vec::new(),
+            message: e.to_string(),
+        })
+    }
+
     async fn send(
         &self,
         queue: QueueName,
@@ -1132,6 +1143,31 @@ impl ContactStore for SqliteStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// Queue depths for `GET /v1/status`.
+impl SqliteStore {
+    /// How many jobs wait in `queue`, and how long the oldest due one (visible, not leased)
+    /// has waited at `now_ms`.
+    fn depth_at(
+        &self,
+        queue: QueueName,
+        now_ms: i64,
+    ) -> Result<crate::ports::queue::QueueDepth, StoreError> {
+        let (count, oldest): (i64, Option<i64>) = self
+            .read()
+            .query_row(
+                "SELECT COUNT(*), MIN(CASE WHEN leased = 0 AND visible_at <= ?2 THEN visible_at END)
+                 FROM jobs WHERE queue = ?1",
+                params![queue.as_str(), now_ms],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(unavailable)?;
+        Ok(crate::ports::queue::QueueDepth {
+            messages: Some(count as u64),
+            oldest_due_age_ms: oldest.map(|t| (now_ms - t).max(0)),
+        })
     }
 }
 

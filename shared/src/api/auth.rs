@@ -1,5 +1,7 @@
 //! Who may call: an API key (Bearer, or Basic's password on the webhook routes), or on a route
-//! configured for signed calls a valid Standard Webhooks signature instead.
+//! configured for signed calls a valid Standard Webhooks signature instead. Ingest keys
+//! (`RELAY_API_KEYS`) reach the ingest routes only; admin keys (`RELAY_ADMIN_KEYS`) reach
+//! those and the management API. A key is never logged or echoed.
 
 use super::error::ApiError;
 use super::router::AppState;
@@ -12,10 +14,82 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-/// The middleware in front of every `/v1` route.
+/// What the caller's key lets it do; the handlers find it in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// An ingest key, or a signed call: the ingest routes.
+    Ingest,
+    /// An admin key: everything.
+    Admin,
+}
+
+/// The scope of a presented key; `None` for no key or an unknown one.
+async fn scope_of(state: &AppState, presented: Option<&str>) -> Result<Option<Scope>, ApiError> {
+    let Some(key) = presented else {
+        return Ok(None);
+    };
+    let admin = state
+        .credentials
+        .admin_keys()
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the admin keys", e))?;
+    if key_matches(key, &admin) {
+        return Ok(Some(Scope::Admin));
+    }
+    let keys = state
+        .credentials
+        .api_keys()
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the API keys", e))?;
+    Ok(key_matches(key, &keys).then_some(Scope::Ingest))
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send a valid API key as Authorization: Bearer <key>",
+    )
+}
+
+/// The middleware in front of the management routes: admin keys only (an ingest key is
+/// known but not enough: 403).
+pub(crate) async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = bearer(&req, false);
+    match scope_of(&state, presented.as_deref()).await? {
+        Some(Scope::Admin) => {
+            req.extensions_mut().insert(Scope::Admin);
+            Ok(next.run(req).await)
+        }
+        Some(Scope::Ingest) => Err(admin_needed()),
+        None => Err(unauthorized()),
+    }
+}
+
+/// `403 forbidden`: the route is for admin keys.
+pub(crate) fn admin_needed() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this needs an admin key (RELAY_ADMIN_KEYS, or the secret's admin_keys); an ingest key cannot use the management API",
+    )
+}
+
+fn bearer(req: &Request, webhook: bool) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| presented_key(v, webhook))
+}
+
+/// The middleware in front of every ingest `/v1` route.
 pub(crate) async fn require_key(
     State(state): State<Arc<AppState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let path = req.uri().path().to_string();
@@ -28,25 +102,16 @@ pub(crate) async fn require_key(
         _ => &Vec::new(),
     };
     if !signers.is_empty() {
+        req.extensions_mut().insert(Scope::Ingest);
         return verify_signed(&state, signers, req, next).await;
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| presented_key(v, webhook));
-    let keys = state
-        .credentials
-        .api_keys()
-        .await
-        .map_err(|e| ApiError::unavailable("cannot read the API keys", e))?;
-    match presented {
-        Some(key) if key_matches(&key, &keys) => Ok(next.run(req).await),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send a valid API key as Authorization: Bearer <key>",
-        )),
+    let presented = bearer(&req, webhook);
+    match scope_of(&state, presented.as_deref()).await? {
+        Some(scope) => {
+            req.extensions_mut().insert(scope);
+            Ok(next.run(req).await)
+        }
+        None => Err(unauthorized()),
     }
 }
 

@@ -17,6 +17,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     path: Option<String>,
+    /// One more member of the error object (e.g. every problem of rules being tried).
+    extra: Option<(&'static str, Value)>,
 }
 
 impl ApiError {
@@ -27,7 +29,14 @@ impl ApiError {
             code,
             message: message.into(),
             path: None,
+            extra: None,
         }
+    }
+
+    /// The same error with one more member of its object.
+    pub(crate) fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.extra = Some((key, value));
+        self
     }
 
     /// The same error, pointing at a field (a JSON pointer).
@@ -133,6 +142,9 @@ impl IntoResponse for ApiError {
         let mut err = json!({"code": self.code, "message": self.message});
         if let Some(p) = self.path {
             err["path"] = Value::String(p);
+        }
+        if let Some((key, value)) = self.extra {
+            err[key] = value;
         }
         let mut resp = (self.status, Json(json!({"error": err}))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {

@@ -1,6 +1,6 @@
 //! The routes, their state and their handlers.
 
-use super::auth::require_key;
+use super::auth::{admin_needed, require_key, Scope};
 use super::body::{read_json, read_webhook_body};
 pub use super::error::ApiError;
 use crate::domain::event::{parse_event, parse_submission, Submitted};
@@ -8,17 +8,18 @@ use crate::domain::secret::key_matches;
 use crate::domain::smartemailing_webhook::event_from_webhook;
 use crate::pipeline::inbound::{Accepted, Inbound};
 use crate::ports::clock::Clock;
-use crate::ports::{Credentials, DeliveryStore, EventStore, StoreHealth};
+use crate::ports::{Credentials, DeliveryStore, EventStore, Queue, StoreHealth};
 use crate::rules::config::Config;
 use crate::rules::render::{preview_request, render_event, NotRendered};
 use crate::security::signature::SeenIds;
+use crate::telemetry::Telemetry;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -48,6 +49,21 @@ pub struct AppState {
     /// Whether the store takes writes, for `/health` (`None` where the platform watches
     /// the store itself, as on AWS).
     pub store_health: Option<Arc<dyn StoreHealth>>,
+    /// The queues: replays go on the dispatch queue; `GET /v1/status` shows their depths.
+    pub queue: Arc<dyn Queue>,
+    /// What the dispatcher reports about each target, for `GET /v1/status`.
+    pub telemetry: Arc<Telemetry>,
+    /// Where the relay runs, for `GET /v1/status`.
+    pub platform: Platform,
+}
+
+/// Where the relay runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// `relay serve`: one process holds everything.
+    Local,
+    /// The Lambda functions: each container holds its own view of the targets.
+    Aws,
 }
 
 /// Builds the router.
@@ -70,6 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(super::console::routes())
         .merge(api)
+        .merge(super::manage::routes(state.clone()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -160,13 +177,22 @@ async fn get_event(
     .into_response())
 }
 
+/// What one event would send; with `rules` (admin keys), what those rules would send.
 async fn post_preview(
     State(state): State<Arc<AppState>>,
+    scope: Option<Extension<Scope>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let value = read_json(state.body_limit, &headers, body).await?;
     let now = state.clock.now();
+    // An event has no `rules` member, so a body with one is a trial of rules.
+    if value.get("rules").is_some() {
+        if scope.map(|s| s.0) != Some(Scope::Admin) {
+            return Err(admin_needed());
+        }
+        return Ok(Json(super::trial::preview_rules(&state.config, &value, now)?).into_response());
+    }
     let event = parse_event(&value, "", now)?;
     Ok(Json(json!({"deliveries": preview(&state.config, &event, now)})).into_response())
 }

@@ -86,8 +86,10 @@ pub fn secret_list<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Secret>
 pub struct SecretBundle {
     /// SmartEmailing's credentials, if configured.
     pub smartemailing: Option<SeCredentials>,
-    /// Inbound API keys.
+    /// Inbound API keys: the ingest routes only.
     pub api_keys: Vec<Secret>,
+    /// Admin keys: the management API, and the ingest routes too.
+    pub admin_keys: Vec<Secret>,
     /// Tokens that authenticate SmartEmailing's registered webhooks by their URL
     /// (`/v1/webhooks/smartemailing/{token}`), for senders that cannot set a header.
     pub webhook_tokens: Vec<Secret>,

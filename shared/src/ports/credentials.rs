@@ -15,6 +15,10 @@ pub trait Credentials: Send + Sync {
     async fn smartemailing(&self) -> Result<Option<SeCredentials>, SecretError>;
     /// The keys that may call the inbound API.
     async fn api_keys(&self) -> Result<Vec<Secret>, SecretError>;
+    /// The keys that may call the management API (and the inbound routes); none by default.
+    async fn admin_keys(&self) -> Result<Vec<Secret>, SecretError> {
+        Ok(Vec::new())
+    }
     /// The tokens that authenticate SmartEmailing's webhooks in their URL.
     async fn webhook_tokens(&self) -> Result<Vec<Secret>, SecretError>;
     /// A named secret for a webhook action.

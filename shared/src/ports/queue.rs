@@ -134,6 +134,16 @@ pub struct QueueError {
     pub message: String,
 }
 
+/// How full a queue is, for `GET /v1/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    /// Messages in the queue, visible or not; `None` where the queue cannot tell.
+    pub messages: Option<u64>,
+    /// How long the oldest message that is due has waited, in milliseconds; `None` when none
+    /// is due or the queue cannot tell.
+    pub oldest_due_age_ms: Option<i64>,
+}
+
 /// A durable queue with visibility timeouts (SQS semantics).
 #[async_trait]
 pub trait Queue: Send + Sync {
@@ -172,6 +182,11 @@ pub trait Queue: Send + Sync {
         let retries: Vec<(String, Duration)> =
             items.iter().map(|(m, d)| (m.handle.clone(), *d)).collect();
         self.retry_after_many(queue, &retries).await
+    }
+    /// How full `queue` is at `now_ms`; a queue that cannot tell says nothing.
+    async fn depth(&self, queue: QueueName, now_ms: i64) -> Result<QueueDepth, QueueError> {
+        let _ = (queue, now_ms);
+        Ok(QueueDepth::default())
     }
     /// Schedules several retries (a queue may do it in one round trip).
     async fn retry_after_many(

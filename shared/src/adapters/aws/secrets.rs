@@ -3,6 +3,7 @@
 //! ```json
 //! {"smartemailing": {"username": "login@example.com", "api_key": "..."},
 //!  "api_keys": ["key-for-the-cdp", "key-for-the-shop"],
+//!  "admin_keys": ["key-for-the-operators-console"],
 //!  "webhook_tokens": ["a-long-random-token-for-smartemailing"],
 //!  "webhook_secrets": {"crm_token": "..."}}
 //! ```
@@ -32,6 +33,8 @@ struct SecretDoc {
     #[serde(default)]
     api_keys: Vec<String>,
     #[serde(default)]
+    admin_keys: Vec<String>,
+    #[serde(default)]
     webhook_tokens: Vec<String>,
     #[serde(default)]
     webhook_secrets: HashMap<String, String>,
@@ -50,7 +53,7 @@ pub fn parse_secret(text: &str) -> Result<SecretBundle, SecretError> {
     let doc: SecretDoc = serde_json::from_str(text).map_err(|e| {
         // serde_json's message can quote the offending value: only its position is kept.
         SecretError(format!(
-            "the secret is not the expected JSON ({:?} error at line {}, column {}); expected {{\"smartemailing\": {{\"username\", \"api_key\"}}, \"api_keys\": [...], \"webhook_tokens\": [...], \"webhook_secrets\": {{...}}}}",
+            "the secret is not the expected JSON ({:?} error at line {}, column {}); expected {{\"smartemailing\": {{\"username\", \"api_key\"}}, \"api_keys\": [...], \"admin_keys\": [...], \"webhook_tokens\": [...], \"webhook_secrets\": {{...}}}}",
             e.classify(),
             e.line(),
             e.column()
@@ -66,6 +69,7 @@ pub fn parse_secret(text: &str) -> Result<SecretBundle, SecretError> {
     Ok(SecretBundle {
         smartemailing,
         api_keys: secret_list(doc.api_keys.iter().map(String::as_str)),
+        admin_keys: secret_list(doc.admin_keys.iter().map(String::as_str)),
         webhook_tokens: secret_list(doc.webhook_tokens.iter().map(String::as_str)),
         named: doc
             .webhook_secrets
@@ -157,6 +161,10 @@ impl Credentials for SecretsManagerCredentials {
         Ok(self.bundle().await?.api_keys)
     }
 
+    async fn admin_keys(&self) -> Result<Vec<Secret>, SecretError> {
+        Ok(self.bundle().await?.admin_keys)
+    }
+
     async fn webhook_tokens(&self) -> Result<Vec<Secret>, SecretError> {
         Ok(self.bundle().await?.webhook_tokens)
     }
@@ -178,9 +186,10 @@ mod tests {
     fn the_secret_is_read_whole() {
         let b = parse_secret(
             r#"{"smartemailing": {"username": " u@example.com ", "api_key": "k1"},
-                "api_keys": ["a", " ", "b"], "webhook_secrets": {"crm": "t"}}"#,
+                "api_keys": ["a", " ", "b"], "admin_keys": ["ops"], "webhook_secrets": {"crm": "t"}}"#,
         )
         .unwrap();
+        assert_eq!(b.admin_keys, vec![Secret::new("ops")]);
         assert_eq!(b.smartemailing.unwrap().username, "u@example.com");
         assert_eq!(b.api_keys, vec![Secret::new("a"), Secret::new("b")]);
         assert_eq!(b.named["crm"], Secret::new("t"));

@@ -56,6 +56,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, Vec<String>> {
         templates,
         secret_names,
         by_name,
+        source: String::new(),
     })
 }
 

@@ -10,6 +10,7 @@ mod nesting;
 mod raw;
 mod service;
 mod settings;
+mod written;
 
 pub use crate::rules::actions::{
     Action, ActionBody, ImportItem, ListEntry, OrderItem, SendTask, TriggerEvent, WebhookAuth,
@@ -69,6 +70,9 @@ pub struct Config {
     /// Names of the secrets webhook actions reference.
     pub secret_names: Vec<String>,
     by_name: HashMap<String, usize>,
+    /// The text it was read from (rules and settings, never a secret's value): the rules as
+    /// written for `GET /v1/rules`, and the base a trial of other rules is checked on.
+    source: String,
 }
 
 impl Config {
@@ -110,7 +114,10 @@ impl Config {
         let (raw, mut problems) = raw::read(text).map_err(fail)?;
         // The rules that could be read are checked too: every problem of the file at once.
         match compile::compile(raw) {
-            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(config) if problems.is_empty() => Ok(Config {
+                source: text.to_string(),
+                ..config
+            }),
             Ok(_) => Err(fail(problems)),
             Err(mut more) => {
                 problems.append(&mut more);

@@ -1,0 +1,112 @@
+//! `GET /v1/status` (what the relay is doing: targets, queues, counts) and `GET /v1/rules`
+//! (the loaded rules as written).
+
+use super::error::ApiError;
+use super::manage::rfc3339;
+use super::router::{AppState, Platform};
+use crate::domain::delivery::DeliveryStatus;
+use crate::ports::queue::QueueName;
+use crate::telemetry::TargetSnapshot;
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Every status, in the order the counts show them.
+const STATUSES: [DeliveryStatus; 8] = [
+    DeliveryStatus::Pending,
+    DeliveryStatus::Retrying,
+    DeliveryStatus::Scheduled,
+    DeliveryStatus::Sent,
+    DeliveryStatus::DryRun,
+    DeliveryStatus::Skipped,
+    DeliveryStatus::Dead,
+    DeliveryStatus::Cancelled,
+];
+
+/// What `note` says about where the figures come from.
+fn note(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Local => "one process: the targets' circuits and calls are the relay's own",
+        Platform::Aws => "on AWS each dispatch function container keeps its own circuit state (it is not global), and this answer comes from the API's container, which calls no target: `targets` shows only what this container saw; the counts are the table's and the queue depths SQS's approximate ones",
+    }
+}
+
+fn target(t: &TargetSnapshot) -> Value {
+    json!({
+        "target": t.target,
+        "circuit": t.circuit,
+        "open_until": t.open_until_ms.map_or(Value::Null, rfc3339),
+        "last_success_at": t.last_success_ms.map_or(Value::Null, rfc3339),
+        "last_error": t.last_error.as_ref().map(|(at, why)| json!({"at": rfc3339(*at), "message": why})),
+        "calls_last_minute": t.calls_last_minute,
+    })
+}
+
+/// The deliveries created since `since_ms`, by status (every status, zero included).
+async fn counts(state: &AppState, since_ms: i64) -> Result<Map<String, Value>, ApiError> {
+    let found = state
+        .deliveries
+        .count_by_status(since_ms)
+        .await
+        .map_err(|e| ApiError::unavailable("cannot count deliveries", e))?;
+    Ok(STATUSES
+        .iter()
+        .map(|s| {
+            let n = found.iter().find(|(f, _)| f == s).map_or(0, |(_, n)| *n);
+            (s.as_str().to_string(), json!(n))
+        })
+        .collect())
+}
+
+async fn queues(state: &AppState, now_ms: i64) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    for q in [QueueName::Render, QueueName::Dispatch] {
+        let d = state
+            .queue
+            .depth(q, now_ms)
+            .await
+            .map_err(|e| ApiError::unavailable("cannot read a queue's depth", e))?;
+        out.push(json!({
+            "queue": q.as_str(),
+            "depth": d.messages,
+            "oldest_due_age_seconds": d.oldest_due_age_ms.map(|ms| ms / 1000),
+        }));
+    }
+    Ok(out)
+}
+
+/// `GET /v1/status`.
+pub(super) async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now_ms();
+    let dry_run = state
+        .credentials
+        .smartemailing()
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the credentials", e))?
+        .is_none();
+    let last_hour = counts(&state, now - HOUR_MS).await?;
+    let last_day = counts(&state, now - DAY_MS).await?;
+    let dead_last_day = last_day.get("dead").cloned().unwrap_or(json!(0));
+    let targets: Vec<Value> = state.telemetry.targets(now).iter().map(target).collect();
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "dry_run": dry_run,
+        "rules": state.config.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        "targets": targets,
+        "queues": queues(&state, now).await?,
+        "deliveries": {"last_hour": last_hour, "last_day": last_day},
+        "dead_last_day": dead_last_day,
+        "platform": match state.platform { Platform::Local => "local", Platform::Aws => "aws" },
+        "note": note(state.platform),
+    })))
+}
+
+/// `GET /v1/rules`: the loaded rules as written, templates as text (secrets are named in the
+/// config, never held there).
+pub(super) async fn rules(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"rules": state.config.written_rules()}))
+}
