@@ -5,13 +5,13 @@
 
 mod support;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use support::webdriver::Browser;
 use support::*;
 
 /// The key the console is opened with.
-const KEY: &str = API_KEY;
+const KEY: &str = ADMIN_KEY;
 
 /// Chromium is heavy and the machine small: at most two browsers at once.
 static BROWSERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
@@ -139,7 +139,9 @@ async fn the_page_asks_for_a_key_once_and_loads_with_no_console_error() {
 
     signed_in(&browser, &r, "", KEY).await;
     browser.wait_for("#login[hidden]").await;
-    browser.wait_for("main:not([hidden])").await;
+    browser.wait_for("#dead-count").await;
+    browser.wait_text("#targets", "Targets").await;
+    browser.screenshot(&screenshot_path("overview")).await;
     // The key is kept for the tab: a reload does not ask again.
     browser.goto(&format!("{}/console#/rules", r.url)).await;
     browser.wait_for("main:not([hidden])").await;
@@ -182,6 +184,10 @@ async fn hostile_event_data_is_shown_as_text_and_runs_nothing() {
         .await;
     let shown = browser.wait_text("main", attack).await;
     assert!(shown.contains("welcome-2"), "{shown}");
+    assert!(
+        shown.contains("step 2 · after welcome, 3d later"),
+        "{shown}"
+    );
     let imgs = browser
         .execute(
             "return document.querySelectorAll('main img, img[src=\"x\"]').length;",
@@ -193,6 +199,274 @@ async fn hostile_event_data_is_shown_as_text_and_runs_nothing() {
     let alerts = browser.execute("return window.__alerts;", vec![]).await;
     assert_eq!(alerts, json!(0));
     browser.screenshot(&screenshot_path("event")).await;
+
+    // The request as sent carries it too, as text.
+    let link = browser.wait_for("#event-deliveries a.id").await;
+    browser.click(&link).await;
+    browser.wait_text("#delivery-status", "sent").await;
+    browser.wait_text("main", attack).await;
+    let imgs = browser
+        .execute(
+            "return document.querySelectorAll('main img').length + window.__alerts;",
+            vec![],
+        )
+        .await;
+    assert_eq!(imgs, json!(0));
+    assert_eq!(browser.alert_text().await, None, "an alert is open");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_shows_sent() {
+    let _gate = BROWSERS.acquire().await.expect("gate");
+    let (r, fake) = relay().await;
+    fake.set_default_fault(Some(Fault::status(500)));
+    let (s, _) = r
+        .post(
+            "/v1/events",
+            &event("evt-dead-1", "contact.created", "jana@example.com"),
+        )
+        .await;
+    assert_eq!(s, 202);
+    // Someone else's delivery, which the e-mail search must leave out.
+    r.post(
+        "/v1/events",
+        &event("evt-dead-2", "contact.created", "petr@example.com"),
+    )
+    .await;
+    r.wait_for_event("evt-dead-1", |d| d.iter().any(|x| x["status"] == "dead"))
+        .await;
+    r.wait_for_event("evt-dead-2", |d| d.iter().any(|x| x["status"] == "dead"))
+        .await;
+
+    let browser = Browser::start(1280, 860).await;
+    signed_in(&browser, &r, "#/overview", KEY).await;
+    browser.wait_text("#dead-count", "2").await;
+    let dead = browser.wait_for("#dead-count").await;
+    browser.click(&dead).await;
+    browser
+        .wait_text("#delivery-list", "petr@example.com")
+        .await;
+    let email = browser.wait_for("#f-email").await;
+    browser
+        .type_into(&email, "Jana@Example.com\u{E007}", true)
+        .await;
+    let list = browser
+        .wait_text("#delivery-list", "jana@example.com")
+        .await;
+    assert!(!list.contains("petr@example.com"), "{list}");
+    assert!(list.contains("dead"), "{list}");
+    browser.screenshot(&screenshot_path("deliveries")).await;
+
+    let link = browser.wait_for("#delivery-list a.id").await;
+    browser.click(&link).await;
+    browser.wait_text("#delivery-status", "dead").await;
+    let attempts = browser.wait_text("#attempts", "HTTP 500").await;
+    assert!(
+        attempts.contains("#4"),
+        "every attempt is shown: {attempts}"
+    );
+    assert!(
+        browser.find("#cancel").await.is_none(),
+        "a dead delivery cannot be cancelled"
+    );
+    browser.screenshot(&screenshot_path("delivery")).await;
+
+    fake.set_default_fault(None);
+    let replay = browser.wait_for("#replay").await;
+    browser.click(&replay).await;
+    browser.wait_text("#notice", "Queued again").await;
+    browser.wait_text("#delivery-status", "sent").await;
+    assert!(
+        browser.find("#replay").await.is_none(),
+        "a sent delivery offers no replay"
+    );
+    let sent: Vec<Value> = fake.triggered_events();
+    assert_eq!(sent.len(), 1, "only Jana's delivery was replayed: {sent:?}");
+    assert_eq!(sent[0]["emailaddress"], "jana@example.com", "{sent:?}");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn a_scheduled_delivery_is_cancelled_from_its_page_and_the_chain_shows_it() {
+    let _gate = BROWSERS.acquire().await.expect("gate");
+    let (r, _fake) = relay().await;
+    r.post(
+        "/v1/events",
+        &event("evt-timer-1", "contact.created", "jana@example.com"),
+    )
+    .await;
+    r.wait_for_event("evt-timer-1", |d| {
+        d.iter().any(|x| x["status"] == "scheduled")
+    })
+    .await;
+
+    let browser = Browser::start(1280, 860).await;
+    signed_in(&browser, &r, "#/deliveries?status=scheduled", KEY).await;
+    browser.wait_text("#delivery-list", "welcome-2").await;
+    let link = browser.wait_for("#delivery-list a.id").await;
+    browser.click(&link).await;
+    browser.wait_text("#delivery-status", "scheduled").await;
+    browser.wait_text("main", "Due").await;
+    assert!(
+        browser.find("#replay").await.is_none(),
+        "a scheduled delivery has no replay"
+    );
+    let cancel = browser.wait_for("#cancel").await;
+    browser.click(&cancel).await;
+    browser.wait_text("#delivery-status", "cancelled").await;
+    browser.wait_text("#notice", "Cancelled").await;
+    assert!(browser.find("#cancel").await.is_none());
+
+    let body = r
+        .wait_for_event("evt-timer-1", |d| {
+            d.iter().any(|x| x["status"] == "cancelled")
+        })
+        .await;
+    assert!(
+        body["deliveries"].as_array().is_some_and(|d| d
+            .iter()
+            .any(|x| x["rule"] == "welcome-2" && x["status"] == "cancelled")),
+        "{body}"
+    );
+    let to_event = browser.wait_for("#to-event").await;
+    browser.click(&to_event).await;
+    let chain = browser.wait_text("#chain", "cancelled").await;
+    assert!(chain.contains("welcome-2"), "{chain}");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn the_playground_renders_an_edited_rule_and_points_at_a_template_error() {
+    let _gate = BROWSERS.acquire().await.expect("gate");
+    let (r, _fake) = relay().await;
+    let browser = Browser::start(1280, 860).await;
+    signed_in(&browser, &r, "#/rules", KEY).await;
+    browser.wait_text("#rules", "welcome-2").await;
+    browser.screenshot(&screenshot_path("rules")).await;
+
+    browser
+        .goto(&format!("{}/console#/playground?rule=welcome", r.url))
+        .await;
+    let out = browser.wait_text("#pg-output", "trigger-event").await;
+    assert!(out.contains("\"first_name\": \"Jana\""), "{out}");
+
+    let rules = browser.wait_for("#pg-rules").await;
+    let edited = "- name: welcome\n  on: [contact.created]\n  actions:\n    - trigger_event:\n        name: hello\n        payload: {shout: \"{{ contact.first_name | upper }}\"}\n";
+    browser.type_into(&rules, edited, true).await;
+    let out = browser.wait_text("#pg-output", "JANA").await;
+    assert!(out.contains("hello"), "{out}");
+    browser.screenshot(&screenshot_path("playground")).await;
+
+    // A template that cannot compile: the error names the field it is in.
+    let broken = edited.replace("| upper }}", "| }}");
+    browser.type_into(&rules, &broken, true).await;
+    let said = browser
+        .wait_text(
+            "#pg-rules-error",
+            "rules[welcome].actions[0].trigger_event.payload.shout",
+        )
+        .await;
+    assert!(said.contains("line 6"), "the line of the field: {said}");
+    let invalid = browser
+        .execute(
+            "return document.getElementById('pg-rules').getAttribute('aria-invalid');",
+            vec![],
+        )
+        .await;
+    assert_eq!(invalid, json!("true"));
+    browser
+        .screenshot(&screenshot_path("playground-error"))
+        .await;
+
+    // An event that is not JSON is pointed at before anything is sent.
+    let ev = browser.wait_for("#pg-event").await;
+    browser.type_into(&ev, "{\"id\": ", true).await;
+    browser.wait_text("#pg-event-error", "Not JSON").await;
+    let errors = browser.console_errors().await;
+    let unexpected: Vec<&String> = errors
+        .iter()
+        .filter(|e| !e.contains("/v1/preview"))
+        .collect();
+    assert!(unexpected.is_empty(), "console errors: {errors:?}");
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn an_ingest_key_is_refused_by_the_management_api_and_the_page_says_why() {
+    let _gate = BROWSERS.acquire().await.expect("gate");
+    let (r, _fake) = relay().await;
+    let (status, body) = r.get("/v1/deliveries").await;
+    assert_eq!(status, 403, "{body}");
+
+    let browser = Browser::start(1280, 860).await;
+    signed_in(&browser, &r, "#/deliveries", API_KEY).await;
+    let reason = browser
+        .wait_text("#login:not([hidden]) #login-reason", "403")
+        .await;
+    assert!(reason.contains("ingest key"), "{reason}");
+    assert!(
+        browser.find("main[hidden]").await.is_some(),
+        "no data view behind the form"
+    );
+    let stored = browser
+        .execute("return sessionStorage.getItem('relay.adminKey');", vec![])
+        .await;
+    assert_eq!(stored, Value::Null, "a refused key is not kept");
+    browser.screenshot(&screenshot_path("refused")).await;
+
+    // A wrong key is refused as such, and the right one opens the page asked for.
+    let input = browser.wait_for("#admin-key").await;
+    browser.type_into(&input, "not-a-key\u{E007}", true).await;
+    browser.wait_text("#login-reason", "401").await;
+    browser
+        .type_into(&input, &format!("{KEY}\u{E007}"), true)
+        .await;
+    browser.wait_for("#delivery-list").await;
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn on_a_phone_the_pages_fit_the_screen() {
+    let _gate = BROWSERS.acquire().await.expect("gate");
+    let (r, _fake) = relay().await;
+    r.post(
+        "/v1/events",
+        &event("evt-phone-1", "contact.created", "jana@example.com"),
+    )
+    .await;
+    r.wait_for_event("evt-phone-1", |d| {
+        d.iter().any(|x| x["status"] == "scheduled")
+    })
+    .await;
+    let mut browser = Browser::start(1280, 860).await;
+    browser.viewport(390, 844, true).await;
+    signed_in(&browser, &r, "#/deliveries", KEY).await;
+    for (hash, ready, name) in [
+        ("#/deliveries", "#delivery-list a.id", "phone-deliveries"),
+        ("#/overview", "#dead-count", "phone-overview"),
+        ("#/event/evt-phone-1", "#chain", "phone-event"),
+    ] {
+        browser.goto(&format!("{}/console{hash}", r.url)).await;
+        browser.wait_for(ready).await;
+        let wide = browser
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
+            .await;
+        assert!(
+            wide.as_i64().is_some_and(|w| w <= 0),
+            "{hash} scrolls sideways by {wide}px"
+        );
+        browser.screenshot(&screenshot_path(name)).await;
+    }
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.quit().await;

@@ -31,9 +31,11 @@ export async function eventView(main, ctx, id) {
 function chain(list, rules, receivedAt) {
   if (!list.length) return h("p", {class: "muted"}, "No rule ran.");
   const steps = new Map();
+  const depth = depths(list, rules);
   for (const d of list) {
-    const key = `${d.chain_depth ?? 0}\u0000${d.rule}`;
-    if (!steps.has(key)) steps.set(key, {rule: d.rule, depth: d.chain_depth ?? 0, deliveries: []});
+    const level = d.chain_depth ?? depth(d.rule);
+    const key = `${level}\u0000${d.rule}`;
+    if (!steps.has(key)) steps.set(key, {rule: d.rule, depth: level, deliveries: []});
     steps.get(key).deliveries.push(d);
   }
   const ordered = [...steps.values()].sort((a, b) => a.depth - b.depth || first(a).localeCompare(first(b)));
@@ -45,6 +47,21 @@ function chain(list, rules, receivedAt) {
     h("ul", {}, s.deliveries.map((d) => h("li", {},
       h("a", {href: `#/delivery/${encodeURIComponent(d.id)}`}, d.action), " ", badge(d.status), " ",
       h("span", {class: "muted"}, timing(d, receivedAt))))))));
+}
+
+/** Where `chain_depth` is not in the answer, a rule's place in the chain from the loaded
+ * rules' `then`: one below the rule of this event that chains to it. */
+function depths(list, rules) {
+  const ran = new Set(list.map((d) => d.rule));
+  const parent = (name) => rules.find((r) => ran.has(r.name) && (r.then || []).some((t) => (typeof t === "string" ? t : t && t.rule) === name));
+  return (name) => {
+    let level = 0;
+    for (let p = parent(name), seen = new Set([name]); p && !seen.has(p.name) && level < 16; p = parent(p.name)) {
+      seen.add(p.name);
+      level += 1;
+    }
+    return level;
+  };
 }
 
 function first(step) {

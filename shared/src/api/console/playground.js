@@ -137,7 +137,7 @@ async function preview(f, signal) {
 
 /** The error with its field and, for the rules, the line of the YAML that names it. */
 function pointAt(err, yaml) {
-  const path = err.path ? ` at ${err.path}` : "";
+  const path = err.path && !String(err.message).includes(err.path) ? ` at ${err.path}` : "";
   const line = yaml && err.path ? lineOf(yaml, err.path) : 0;
   return `${err.message}${path}${line ? ` (line ${line})` : ""}`;
 }
@@ -147,8 +147,12 @@ function lineOf(yaml, path) {
   const last = names[names.length - 1];
   if (!last || last === "rules") return 0;
   const lines = yaml.split("\n");
-  const re = new RegExp(`^\\s*(- )?"?${last.replace(/[^A-Za-z0-9_-]/g, "")}"?\\s*:`);
-  const at = lines.findIndex((l) => re.test(l));
+  const name = last.replace(/[^A-Za-z0-9_-]/g, "");
+  // A key on its own line first, else one inside a flow mapping (`payload: {name: ...}`).
+  const own = new RegExp(`^\\s*(- )?"?${name}"?\\s*:`);
+  const inFlow = new RegExp(`[{,]\\s*"?${name}"?\\s*:`);
+  let at = lines.findIndex((l) => own.test(l));
+  if (at < 0) at = lines.findIndex((l) => inFlow.test(l));
   return at >= 0 ? at + 1 : 0;
 }
 
