@@ -373,7 +373,10 @@ async fn the_playground_renders_an_edited_rule_and_points_at_a_template_error() 
             "rules[welcome].actions[0].trigger_event.payload.shout",
         )
         .await;
-    assert!(said.contains("line 6"), "the line of the field: {said}");
+    assert!(
+        said.starts_with("Line 6: "),
+        "the line of the field: {said}"
+    );
     let invalid = browser
         .execute(
             "return document.getElementById('pg-rules').getAttribute('aria-invalid');",

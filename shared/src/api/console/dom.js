@@ -54,7 +54,7 @@ export function errorBox(err, prefix) {
   return h("p", {class: "alert error", role: "alert"},
     prefix ? h("strong", {}, `${prefix}: `) : null,
     message,
-    err && err.path ? h("span", {class: "error-path"}, ` (at ${err.path})`) : null);
+    err && err.path && !message.includes(err.path) ? h("span", {class: "error-path"}, ` (at ${err.path})`) : null);
 }
 
 /** JSON as indented text. */

@@ -139,7 +139,7 @@ async function preview(f, signal) {
 function pointAt(err, yaml) {
   const path = err.path && !String(err.message).includes(err.path) ? ` at ${err.path}` : "";
   const line = yaml && err.path ? lineOf(yaml, err.path) : 0;
-  return `${err.message}${path}${line ? ` (line ${line})` : ""}`;
+  return `${line ? `Line ${line}: ` : ""}${err.message}${path}`;
 }
 
 function lineOf(yaml, path) {
