@@ -141,7 +141,6 @@ async fn the_page_asks_for_a_key_once_and_loads_with_no_console_error() {
     browser.wait_for("#login[hidden]").await;
     browser.wait_for("#dead-count").await;
     browser.wait_text("#targets", "Targets").await;
-    browser.screenshot(&screenshot_path("overview")).await;
     // The key is kept for the tab: a reload does not ask again.
     browser.goto(&format!("{}/console#/rules", r.url)).await;
     browser.wait_for("main:not([hidden])").await;
@@ -244,6 +243,7 @@ async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_
     let browser = Browser::start(1280, 860).await;
     signed_in(&browser, &r, "#/overview", KEY).await;
     browser.wait_text("#dead-count", "2").await;
+    browser.screenshot(&screenshot_path("overview")).await;
     let dead = browser.wait_for("#dead-count").await;
     browser.click(&dead).await;
     browser
@@ -436,7 +436,7 @@ async fn an_ingest_key_is_refused_by_the_management_api_and_the_page_says_why() 
 }
 
 #[tokio::test]
-async fn on_a_phone_the_pages_fit_the_screen() {
+async fn on_a_phone_in_a_dark_theme_the_pages_fit_the_screen() {
     let _gate = BROWSERS.acquire().await.expect("gate");
     let (r, _fake) = relay().await;
     r.post(
@@ -450,6 +450,7 @@ async fn on_a_phone_the_pages_fit_the_screen() {
     .await;
     let mut browser = Browser::start(1280, 860).await;
     browser.viewport(390, 844, true).await;
+    browser.prefer_dark().await;
     signed_in(&browser, &r, "#/deliveries", KEY).await;
     for (hash, ready, name) in [
         ("#/deliveries", "#delivery-list a.id", "phone-deliveries"),
@@ -470,6 +471,14 @@ async fn on_a_phone_the_pages_fit_the_screen() {
         );
         browser.screenshot(&screenshot_path(name)).await;
     }
+    // The system's dark theme is followed.
+    let bg = browser
+        .execute(
+            "return getComputedStyle(document.body).backgroundColor;",
+            vec![],
+        )
+        .await;
+    assert_eq!(bg, json!("rgb(15, 18, 23)"), "the dark theme's background");
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.quit().await;

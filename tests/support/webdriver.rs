@@ -282,6 +282,17 @@ impl Browser {
         .await;
     }
 
+    /// Makes the page see a dark system theme (`prefers-color-scheme: dark`).
+    pub async fn prefer_dark(&self) {
+        let features = json!([{"name": "prefers-color-scheme", "value": "dark"}]);
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": features}})),
+        )
+        .await;
+    }
+
     /// Saves a PNG of the whole page (as tall as its content, up to 4000 px) to `path`.
     pub async fn screenshot(&self, path: &Path) {
         let height = self

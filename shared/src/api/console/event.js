@@ -14,7 +14,9 @@ export async function eventView(main, ctx, id) {
       return [];
     }),
   ]);
-  const list = ev.deliveries || [];
+  // The event's own deliveries may leave out the contact: it is the event's.
+  const contact = ev.event && ev.event.contact && ev.event.contact.email;
+  const list = (ev.deliveries || []).map((d) => ({...d, email: d.email || contact}));
   const tryIt = h("a", {class: "button", href: "#/playground", id: "try-event", on: {click: () => {
     sessionStorage.setItem("relay.playgroundEvent", JSON.stringify(ev.event ?? {}, null, 2));
   }}}, "Try in the playground");

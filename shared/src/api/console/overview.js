@@ -45,7 +45,6 @@ function view(s) {
     s.dry_run ? h("p", {class: "alert warn", role: "status", id: "dry-run"},
       h("strong", {}, "Dry run. "),
       "No SmartEmailing credentials are set: everything is rendered and recorded, nothing is sent (deliveries show dry_run).") : null,
-    s.note ? h("p", {class: "alert info"}, s.note) : null,
     stats(s),
     h("div", {class: "grid", id: "targets"}, card("Targets", targets(s.targets || []))),
     h("div", {class: "grid three", id: "counts"},
@@ -54,7 +53,7 @@ function view(s) {
       card("Last day", counts(s.deliveries && s.deliveries.last_day))),
     h("p", {class: "status-line"},
       `Version ${s.version || "?"}`, s.platform ? ` · ${s.platform}` : "",
-      ` · ${(s.rules || []).length} rules loaded`),
+      ` · ${(s.rules || []).length} rules loaded`, s.note ? ` · ${s.note}` : ""),
   ];
 }
 
