@@ -141,6 +141,24 @@ async fn the_page_asks_for_a_key_once_and_loads_with_no_console_error() {
     browser.wait_for("#login[hidden]").await;
     browser.wait_for("#dead-count").await;
     browser.wait_text("#targets", "Targets").await;
+    // The keyboard reaches the sections, shows where it is and opens them.
+    browser
+        .execute("document.querySelector('.brand').focus();", vec![])
+        .await;
+    browser.keys("\u{E004}\u{E004}").await;
+    let focused = browser
+        .execute(
+            "const e = document.activeElement; return [e.textContent, getComputedStyle(e).outlineStyle];",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        focused,
+        json!(["Deliveries", "solid"]),
+        "the focus is visible"
+    );
+    browser.keys("\u{E007}").await;
+    browser.wait_for("#delivery-list").await;
     // The key is kept for the tab: a reload does not ask again.
     browser.goto(&format!("{}/console#/rules", r.url)).await;
     browser.wait_for("main:not([hidden])").await;

@@ -30,7 +30,8 @@ let current = null;
 
 /** The route of the hash: its path and its query. */
 function location() {
-  const hash = window.location.hash.replace(/^#/, "");
+  // Only `#/...` is a route; another fragment (the skip link's `#view`) is the overview.
+  const hash = window.location.hash.startsWith("#/") ? window.location.hash.slice(1) : "/";
   const [path, q] = hash.split("?", 2);
   return {path: path || "/", params: new URLSearchParams(q || "")};
 }
@@ -119,5 +120,8 @@ signOut.addEventListener("click", () => {
   showLogin("");
 });
 
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", () => {
+  // The skip link moves the focus, not the page.
+  if (window.location.hash.startsWith("#/") || !current) render();
+});
 render();

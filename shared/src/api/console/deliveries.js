@@ -65,10 +65,10 @@ function whenCell(d) {
 function chips(filters) {
   const link = (status, label) => {
     const pressed = (filters.status || "") === status;
-    return h("a", {class: "button chip", role: "button", "aria-pressed": String(pressed),
+    return h("a", {class: "button chip", "aria-current": pressed ? "true" : null,
       href: `#/deliveries${query({...filters, status})}`}, label);
   };
-  return h("div", {class: "chips", role: "group", "aria-label": "Status"},
+  return h("nav", {class: "chips", "aria-label": "Status"},
     link("", "All"), STATUSES.map((s) => link(s, s.replace("_", " "))));
 }
 
