@@ -36,6 +36,60 @@ fn screenshot_path(name: &str) -> PathBuf {
         .join(format!("{name}.png"))
 }
 
+/// Where a relay answers.
+trait Url {
+    fn url(&self) -> &str;
+}
+
+impl Url for TestRelay {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// The real `relay serve`, stopped when dropped (also when a test fails).
+struct Served {
+    child: std::process::Child,
+    url: String,
+    _state: tempfile::TempDir,
+}
+
+impl Url for Served {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `relay serve` (the binary, with the tests' ingest and admin keys) on the fake.
+async fn served(fake: &FakeSmartEmailing) -> Served {
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = state.path().join("relay.yaml");
+    std::fs::write(&config, config_yaml(&fake.base_url(), RULES)).expect("config");
+    let port = free_port();
+    let child = spawn_relay(
+        &config,
+        &state.path().join("state"),
+        port,
+        "warn",
+        std::process::Stdio::null(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let served = Served {
+        child,
+        url,
+        _state: state,
+    };
+    wait_healthy(&served.url).await;
+    served
+}
+
 /// A relay on the fake SmartEmailing (sending for real), and the fake.
 async fn relay() -> (TestRelay, FakeSmartEmailing) {
     let fake = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
@@ -44,8 +98,10 @@ async fn relay() -> (TestRelay, FakeSmartEmailing) {
 }
 
 /// Opens the console, signs in with `key` and waits for the first view.
-async fn signed_in(browser: &Browser, relay: &TestRelay, hash: &str, key: &str) {
-    browser.goto(&format!("{}/console{hash}", relay.url)).await;
+async fn signed_in(browser: &Browser, relay: &impl Url, hash: &str, key: &str) {
+    browser
+        .goto(&format!("{}/console{hash}", relay.url()))
+        .await;
     let input = browser.wait_for("#login:not([hidden]) #admin-key").await;
     browser.type_into(&input, key, true).await;
     browser.keys("\u{E007}").await;
@@ -120,9 +176,10 @@ async fn the_console_is_served_without_a_key_with_a_strict_policy_and_revalidate
 }
 
 #[tokio::test]
-async fn the_page_asks_for_a_key_once_and_loads_with_no_console_error() {
+async fn relay_serve_asks_for_a_key_once_and_loads_the_page_with_no_console_error() {
     let _gate = BROWSERS.acquire().await.expect("gate");
-    let (r, _fake) = relay().await;
+    let fake = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
+    let r = served(&fake).await;
     let browser = Browser::start(1280, 860).await;
     browser.goto(&format!("{}/console", r.url)).await;
     let form = browser.wait_for("#login:not([hidden]) #login-form").await;
