@@ -153,6 +153,7 @@ async fn the_console_is_served_without_a_key_with_a_strict_policy_and_revalidate
         .await
         .expect("get");
     assert_eq!(again.status(), 304, "the same content is not sent twice");
+    assert_eq!(again.headers()["cache-control"], "no-cache");
 
     let js = r
         .http

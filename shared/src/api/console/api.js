@@ -43,7 +43,7 @@ export function whenKeyRefused(handler) {
 export async function api(path, options = {}) {
   const key = adminKey();
   if (!key) {
-    const err = new KeyRefused(401, {code: "unauthorized", message: "Enter an admin key to continue."});
+    const err = new KeyRefused(0, {code: "no_key", message: "Enter an admin key to continue."});
     onRefused(err);
     throw err;
   }

@@ -90,15 +90,12 @@ async function render() {
 
 whenKeyRefused((err) => {
   forgetAdminKey();
-  const reason = err.status === 403
-    ? `This key may not use the management API (403): ${err.message}`
-    : err.status === 401 && adminKeyWasSent(err) ? `The key was refused (401): ${err.message}` : err.message;
-  showLogin(reason);
+  const reasons = {
+    403: `This key may not use the management API (403): ${err.message}`,
+    401: `The key was refused (401): ${err.message}`,
+  };
+  showLogin(reasons[err.status] || err.message);
 });
-
-function adminKeyWasSent(err) {
-  return err.code !== "unauthorized" || err.message !== "Enter an admin key to continue.";
-}
 
 loginForm.addEventListener("submit", (e) => {
   e.preventDefault();
