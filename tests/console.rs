@@ -90,6 +90,23 @@ async fn served(fake: &FakeSmartEmailing) -> Served {
     served
 }
 
+/// Posts a contact.created event and waits until one of its deliveries is `status`.
+async fn posted(r: &TestRelay, id: &str, email: &str, status: &str) {
+    let (s, body) = r
+        .post("/v1/events", &event(id, "contact.created", email))
+        .await;
+    assert_eq!(s, 202, "{body}");
+    r.wait_for_event(id, |d| d.iter().any(|x| x["status"] == status))
+        .await;
+}
+
+/// Fails on any error the page logged, then closes the browser.
+async fn no_console_error_and_quit(browser: Browser) {
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.quit().await;
+}
+
 /// A relay on the fake SmartEmailing (sending for real), and the fake.
 async fn relay() -> (TestRelay, FakeSmartEmailing) {
     let fake = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
@@ -110,12 +127,8 @@ async fn signed_in(browser: &Browser, relay: &impl Url, hash: &str, key: &str) {
 #[tokio::test]
 async fn the_console_is_served_without_a_key_with_a_strict_policy_and_revalidated_caching() {
     let (r, _fake) = relay().await;
-    let resp = r
-        .http
-        .get(format!("{}/console", r.url))
-        .send()
-        .await
-        .expect("get");
+    let get = |path: &str| r.http.get(format!("{}{path}", r.url)).send();
+    let resp = get("/console").await.expect("get");
     assert_eq!(resp.status(), 200);
     let h = resp.headers().clone();
     let header = |name: &str| {
@@ -155,12 +168,7 @@ async fn the_console_is_served_without_a_key_with_a_strict_policy_and_revalidate
     assert_eq!(again.status(), 304, "the same content is not sent twice");
     assert_eq!(again.headers()["cache-control"], "no-cache");
 
-    let js = r
-        .http
-        .get(format!("{}/console/app.js", r.url))
-        .send()
-        .await
-        .expect("get");
+    let js = get("/console/app.js").await.expect("get");
     assert_eq!(js.status(), 200);
     assert_eq!(
         js.headers()["content-type"],
@@ -183,14 +191,12 @@ async fn relay_serve_asks_for_a_key_once_and_loads_the_page_with_no_console_erro
     let r = served(&fake).await;
     let browser = Browser::start(1280, 860).await;
     browser.goto(&format!("{}/console", r.url)).await;
-    let form = browser.wait_for("#login:not([hidden]) #login-form").await;
-    let _ = form;
+    browser.wait_for("#login:not([hidden]) #login-form").await;
     assert!(browser.text_of("#login").await.contains("Admin key"));
     browser.screenshot(&screenshot_path("sign-in")).await;
 
     // An empty key is refused by the form itself.
-    let button = browser.wait_for("#login-form button[type=submit]").await;
-    browser.click(&button).await;
+    browser.click_on("#login-form button[type=submit]").await;
     browser
         .wait_text("#login-reason", "Enter an admin key")
         .await;
@@ -230,9 +236,7 @@ async fn relay_serve_asks_for_a_key_once_and_loads_the_page_with_no_console_erro
     assert_eq!(stored, json!(KEY));
     let cookies = browser.execute("return document.cookie;", vec![]).await;
     assert_eq!(cookies, json!(""), "no cookie");
-    let errors = browser.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:?}");
-    browser.quit().await;
+    no_console_error_and_quit(browser).await;
 }
 
 #[tokio::test]
@@ -276,8 +280,7 @@ async fn hostile_event_data_is_shown_as_text_and_runs_nothing() {
     browser.screenshot(&screenshot_path("event")).await;
 
     // The request as sent carries it too, as text.
-    let link = browser.wait_for("#event-deliveries a.id").await;
-    browser.click(&link).await;
+    browser.click_on("#event-deliveries a.id").await;
     browser.wait_text("#delivery-status", "sent").await;
     browser.wait_text("main", attack).await;
     let imgs = browser
@@ -288,9 +291,7 @@ async fn hostile_event_data_is_shown_as_text_and_runs_nothing() {
         .await;
     assert_eq!(imgs, json!(0));
     assert_eq!(browser.alert_text().await, None, "an alert is open");
-    let errors = browser.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:?}");
-    browser.quit().await;
+    no_console_error_and_quit(browser).await;
 }
 
 #[tokio::test]
@@ -298,30 +299,15 @@ async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_
     let _gate = BROWSERS.acquire().await.expect("gate");
     let (r, fake) = relay().await;
     fake.set_default_fault(Some(Fault::status(500)));
-    let (s, _) = r
-        .post(
-            "/v1/events",
-            &event("evt-dead-1", "contact.created", "jana@example.com"),
-        )
-        .await;
-    assert_eq!(s, 202);
-    // Someone else's delivery, which the e-mail search must leave out.
-    r.post(
-        "/v1/events",
-        &event("evt-dead-2", "contact.created", "petr@example.com"),
-    )
-    .await;
-    r.wait_for_event("evt-dead-1", |d| d.iter().any(|x| x["status"] == "dead"))
-        .await;
-    r.wait_for_event("evt-dead-2", |d| d.iter().any(|x| x["status"] == "dead"))
-        .await;
+    posted(&r, "evt-dead-1", "jana@example.com", "dead").await;
+    // Someone else's dead letter, which the e-mail search must leave out.
+    posted(&r, "evt-dead-2", "petr@example.com", "dead").await;
 
     let browser = Browser::start(1280, 860).await;
     signed_in(&browser, &r, "#/overview", KEY).await;
     browser.wait_text("#dead-count", "2").await;
     browser.screenshot(&screenshot_path("overview")).await;
-    let dead = browser.wait_for("#dead-count").await;
-    browser.click(&dead).await;
+    browser.click_on("#dead-count").await;
     browser
         .wait_text("#delivery-list", "petr@example.com")
         .await;
@@ -336,8 +322,7 @@ async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_
     assert!(list.contains("dead"), "{list}");
     browser.screenshot(&screenshot_path("deliveries")).await;
 
-    let link = browser.wait_for("#delivery-list a.id").await;
-    browser.click(&link).await;
+    browser.click_on("#delivery-list a.id").await;
     browser.wait_text("#delivery-status", "dead").await;
     let attempts = browser.wait_text("#attempts", "HTTP 500").await;
     assert!(
@@ -351,8 +336,7 @@ async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_
     browser.screenshot(&screenshot_path("delivery")).await;
 
     fake.set_default_fault(None);
-    let replay = browser.wait_for("#replay").await;
-    browser.click(&replay).await;
+    browser.click_on("#replay").await;
     browser.wait_text("#notice", "Queued again").await;
     browser.wait_text("#delivery-status", "sent").await;
     assert!(
@@ -362,38 +346,26 @@ async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_
     let sent: Vec<Value> = fake.triggered_events();
     assert_eq!(sent.len(), 1, "only Jana's delivery was replayed: {sent:?}");
     assert_eq!(sent[0]["emailaddress"], "jana@example.com", "{sent:?}");
-    let errors = browser.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:?}");
-    browser.quit().await;
+    no_console_error_and_quit(browser).await;
 }
 
 #[tokio::test]
 async fn a_scheduled_delivery_is_cancelled_from_its_page_and_the_chain_shows_it() {
     let _gate = BROWSERS.acquire().await.expect("gate");
     let (r, _fake) = relay().await;
-    r.post(
-        "/v1/events",
-        &event("evt-timer-1", "contact.created", "jana@example.com"),
-    )
-    .await;
-    r.wait_for_event("evt-timer-1", |d| {
-        d.iter().any(|x| x["status"] == "scheduled")
-    })
-    .await;
+    posted(&r, "evt-timer-1", "jana@example.com", "scheduled").await;
 
     let browser = Browser::start(1280, 860).await;
     signed_in(&browser, &r, "#/deliveries?status=scheduled", KEY).await;
     browser.wait_text("#delivery-list", "welcome-2").await;
-    let link = browser.wait_for("#delivery-list a.id").await;
-    browser.click(&link).await;
+    browser.click_on("#delivery-list a.id").await;
     browser.wait_text("#delivery-status", "scheduled").await;
     browser.wait_text("main", "Due").await;
     assert!(
         browser.find("#replay").await.is_none(),
         "a scheduled delivery has no replay"
     );
-    let cancel = browser.wait_for("#cancel").await;
-    browser.click(&cancel).await;
+    browser.click_on("#cancel").await;
     browser.wait_text("#delivery-status", "cancelled").await;
     browser.wait_text("#notice", "Cancelled").await;
     assert!(browser.find("#cancel").await.is_none());
@@ -409,13 +381,10 @@ async fn a_scheduled_delivery_is_cancelled_from_its_page_and_the_chain_shows_it(
             .any(|x| x["rule"] == "welcome-2" && x["status"] == "cancelled")),
         "{body}"
     );
-    let to_event = browser.wait_for("#to-event").await;
-    browser.click(&to_event).await;
+    browser.click_on("#to-event").await;
     let chain = browser.wait_text("#chain", "cancelled").await;
     assert!(chain.contains("welcome-2"), "{chain}");
-    let errors = browser.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:?}");
-    browser.quit().await;
+    no_console_error_and_quit(browser).await;
 }
 
 #[tokio::test]
@@ -515,15 +484,7 @@ async fn an_ingest_key_is_refused_by_the_management_api_and_the_page_says_why() 
 async fn on_a_phone_in_a_dark_theme_the_pages_fit_the_screen() {
     let _gate = BROWSERS.acquire().await.expect("gate");
     let (r, _fake) = relay().await;
-    r.post(
-        "/v1/events",
-        &event("evt-phone-1", "contact.created", "jana@example.com"),
-    )
-    .await;
-    r.wait_for_event("evt-phone-1", |d| {
-        d.iter().any(|x| x["status"] == "scheduled")
-    })
-    .await;
+    posted(&r, "evt-phone-1", "jana@example.com", "scheduled").await;
     let mut browser = Browser::start(1280, 860).await;
     browser.viewport(390, 844, true).await;
     browser.prefer_dark().await;
@@ -555,7 +516,5 @@ async fn on_a_phone_in_a_dark_theme_the_pages_fit_the_screen() {
         )
         .await;
     assert_eq!(bg, json!("rgb(15, 18, 23)"), "the dark theme's background");
-    let errors = browser.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:?}");
-    browser.quit().await;
+    no_console_error_and_quit(browser).await;
 }

@@ -200,6 +200,12 @@ impl Browser {
         }
     }
 
+    /// Waits for the element matching `css` and clicks it.
+    pub async fn click_on(&self, css: &str) {
+        let e = self.wait_for(css).await;
+        self.click(&e).await;
+    }
+
     /// Clicks an element.
     pub async fn click(&self, e: &Element) {
         self.call("POST", &format!("/element/{}/click", e.0), None)
