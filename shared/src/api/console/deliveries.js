@@ -16,7 +16,7 @@ export async function deliveries(main, ctx) {
   const more = h("div", {class: "buttons"});
   replace(main,
     pageHead("Deliveries", "Every request the rules produced, newest first."),
-    card(null, chips(filters), form(filters)),
+    card(null, chips(filters), form(filters, ruleNames(ctx.signal))),
     h("div", {class: "card", id: "results"}, list, more));
   const rows = [];
   const page = async (cursor) => {
@@ -72,14 +72,23 @@ function chips(filters) {
     link("", "All"), STATUSES.map((s) => link(s, s.replace("_", " "))));
 }
 
-function form(filters) {
+/** The loaded rules' names, as suggestions for the rule filter (none when they cannot be read). */
+function ruleNames(signal) {
+  const list = h("datalist", {id: "rule-names"});
+  api("/v1/rules", {signal})
+    .then((r) => list.append(...(r.rules || []).map((x) => h("option", {value: x.name}))))
+    .catch(() => {});
+  return list;
+}
+
+function form(filters, names) {
   const field = (name, label, attrs = {}) => h("div", {class: attrs.wide ? "wide" : null},
     h("label", {for: `f-${name}`}, label),
     h("input", {id: `f-${name}`, name, value: attrs.value ?? filters[name], type: attrs.type || "text",
-      placeholder: attrs.placeholder, autocomplete: "off", spellcheck: "false"}));
+      placeholder: attrs.placeholder, autocomplete: "off", spellcheck: "false", list: attrs.list}));
   const el = h("form", {class: "filters", role: "search", id: "filters"},
     field("email", "Contact e-mail", {type: "search", placeholder: "jana@example.com", wide: true}),
-    field("rule", "Rule"),
+    field("rule", "Rule", {list: "rule-names"}), names,
     field("action", "Action", {placeholder: "trigger_event"}),
     field("event_type", "Event type", {placeholder: "contact.created"}),
     field("since", "Since", {type: "datetime-local", value: toLocalInput(filters.since)}),
