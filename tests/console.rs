@@ -100,6 +100,16 @@ async fn posted(r: &TestRelay, id: &str, email: &str, status: &str) {
         .await;
 }
 
+/// The img elements in the view and the alerts raised since the test began watching.
+async fn ran_from_data(browser: &Browser) -> Value {
+    browser
+        .execute(
+            "return document.querySelectorAll('main img').length + window.__alerts;",
+            vec![],
+        )
+        .await
+}
+
 /// Fails on any error the page logged, then closes the browser.
 async fn no_console_error_and_quit(browser: Browser) {
     let errors = browser.console_errors().await;
@@ -283,13 +293,14 @@ async fn hostile_event_data_is_shown_as_text_and_runs_nothing() {
     browser.click_on("#event-deliveries a.id").await;
     browser.wait_text("#delivery-status", "sent").await;
     browser.wait_text("main", attack).await;
-    let imgs = browser
-        .execute(
-            "return document.querySelectorAll('main img').length + window.__alerts;",
-            vec![],
-        )
-        .await;
-    assert_eq!(imgs, json!(0));
+    assert_eq!(ran_from_data(&browser).await, json!(0));
+
+    // And the playground, given this event, renders it as text as well.
+    browser.click_on("#to-event").await;
+    browser.click_on("#try-event").await;
+    let out = browser.wait_text("#pg-output", "trigger-event").await;
+    assert!(out.contains(attack), "{out}");
+    assert_eq!(ran_from_data(&browser).await, json!(0));
     assert_eq!(browser.alert_text().await, None, "an alert is open");
     no_console_error_and_quit(browser).await;
 }
