@@ -367,7 +367,24 @@ async fn a_scheduled_delivery_is_cancelled_from_its_page_and_the_chain_shows_it(
     posted(&r, "evt-timer-1", "jana@example.com", "scheduled").await;
 
     let browser = Browser::start(1280, 860).await;
-    signed_in(&browser, &r, "#/deliveries?status=scheduled", KEY).await;
+    // A filter the relay refuses is said under the filters, which stay.
+    signed_in(&browser, &r, "#/deliveries?since=yesterday", KEY).await;
+    let said = browser
+        .wait_text("#delivery-list", "refused this search")
+        .await;
+    assert!(said.contains("since"), "{said}");
+    browser.wait_for("#filters #f-since").await;
+    let refused = browser.console_errors().await;
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.contains("since=yesterday") && e.contains("400")),
+        "{refused:?}"
+    );
+
+    browser
+        .goto(&format!("{}/console#/deliveries?status=scheduled", r.url))
+        .await;
     browser.wait_text("#delivery-list", "welcome-2").await;
     browser.click_on("#delivery-list a.id").await;
     browser.wait_text("#delivery-status", "scheduled").await;

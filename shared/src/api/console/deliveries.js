@@ -32,7 +32,13 @@ export async function deliveries(main, ctx) {
       }}}, "Older")
       : rows.length ? h("span", {class: "status-line"}, `${rows.length} shown · no older ones`) : null);
   };
-  await page("");
+  try {
+    await page("");
+  } catch (err) {
+    // A filter the API refuses is shown under the filters, which stay to be corrected.
+    if (err.name === "KeyRefused" || ctx.signal.aborted) throw err;
+    replace(list, errorBox(err, "The relay refused this search"));
+  }
 }
 
 /** The table of deliveries (also used by the event view). */
