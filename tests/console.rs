@@ -416,11 +416,18 @@ async fn a_scheduled_delivery_is_cancelled_from_its_page_and_the_chain_shows_it(
 }
 
 #[tokio::test]
-async fn the_playground_renders_an_edited_rule_and_points_at_a_template_error() {
+async fn in_dry_run_the_playground_renders_an_edited_rule_and_points_at_a_template_error() {
     let _gate = BROWSERS.acquire().await.expect("gate");
-    let (r, _fake) = relay().await;
+    // No SmartEmailing credentials: a dry run, which the overview says first.
+    let r = TestRelay::start(
+        &config_yaml("http://127.0.0.1:9/api/v3", RULES),
+        bundle(false),
+    )
+    .await;
     let browser = Browser::start(1280, 860).await;
-    signed_in(&browser, &r, "#/rules", KEY).await;
+    signed_in(&browser, &r, "#/overview", KEY).await;
+    browser.wait_text("#dry-run", "Dry run").await;
+    browser.click_on(".top nav a[href='#/rules']").await;
     browser.wait_text("#rules", "welcome-2").await;
     browser.screenshot(&screenshot_path("rules")).await;
 
