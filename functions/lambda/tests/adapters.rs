@@ -3,12 +3,17 @@
 
 mod support;
 
+use relay_shared::adapters::aws::sqs::REFRESH_AFTER_RECEIVES;
 use relay_shared::adapters::aws::{AwsAdapters, DeadLetter};
-use relay_shared::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use relay_shared::adapters::memory::MemoryStore;
+use relay_shared::domain::delivery::{
+    Attempt, AttemptClass, DeliveryId, DeliveryRecord, DeliveryStatus, Prepared,
+};
 use relay_shared::domain::event::EventId;
 use relay_shared::domain::idempotency::{Begin, EventRecord, RecordStatus};
 use relay_shared::ports::clock::ManualClock;
-use relay_shared::ports::queue::QueueName;
+use relay_shared::ports::queue::{Message, QueueName};
+use relay_shared::ports::store::DeliveryCursor;
 use relay_shared::ports::{Credentials, DeliveryFilter, DeliveryStore, EventStore, Queue};
 use serde_json::json;
 use std::sync::Arc;
@@ -392,6 +397,116 @@ async fn deliveries_are_found_by_event_and_listed_by_status() {
         .all(|d| d.rule == "welcome" && d.created_at == NOW_MS));
 }
 
+/// Delivery `n` of a contact's history: three share each creation time, so the id decides.
+fn contact_delivery(n: usize) -> DeliveryRecord {
+    let mut d = delivery(
+        &format!("dlv_{:02}", (n * 7) % 31),
+        &format!("evt-p{n}"),
+        ["welcome", "cart"][n % 2],
+        0,
+        NOW_MS + (n / 3) as i64 * 1_000,
+    );
+    d.status = [
+        DeliveryStatus::Sent,
+        DeliveryStatus::Dead,
+        DeliveryStatus::Retrying,
+    ][n % 3];
+    d.email = (n % 4 != 3).then(|| format!("c{}@example.com", n % 2));
+    d.event_type = Some("contact.created".into());
+    d
+}
+
+/// Every page of `f` by `size`, as ids.
+async fn pages_of(store: &dyn DeliveryStore, f: &DeliveryFilter, size: usize) -> Vec<String> {
+    let f = DeliveryFilter {
+        limit: size,
+        ..f.clone()
+    };
+    let (mut ids, mut after): (Vec<String>, Option<DeliveryCursor>) = (Vec::new(), None);
+    loop {
+        let page = store.page(&f, after.as_ref()).await.unwrap();
+        ids.extend(page.deliveries.iter().map(|d| d.id.to_string()));
+        match page.next_cursor {
+            Some(c) => after = Some(c),
+            None => return ids,
+        }
+    }
+}
+
+#[tokio::test]
+async fn pages_newest_first_by_e_mail_status_or_none_and_counts_match_the_memory_store() {
+    let (_emu, aws, clock) = adapters(&secret_json(None)).await;
+    let memory = MemoryStore::new(clock);
+    let all: Vec<DeliveryRecord> = (0..24).map(contact_delivery).collect();
+    aws.store.insert_new(&all).await.unwrap();
+    memory.insert_new(&all).await.unwrap();
+    let filters = [
+        DeliveryFilter::default(),
+        DeliveryFilter {
+            email: Some(" C1@Example.com".into()),
+            ..Default::default()
+        },
+        DeliveryFilter {
+            status: Some(DeliveryStatus::Dead),
+            ..Default::default()
+        },
+        DeliveryFilter {
+            email: Some("c0@example.com".into()),
+            status: Some(DeliveryStatus::Sent),
+            ..Default::default()
+        },
+        DeliveryFilter {
+            rule: Some("cart".into()),
+            since_ms: Some(NOW_MS + 2_000),
+            until_ms: Some(NOW_MS + 6_000),
+            ..Default::default()
+        },
+    ];
+    for f in &filters {
+        let expected = pages_of(&memory, f, 0).await;
+        assert!(!expected.is_empty(), "{f:?}");
+        for size in [1, 4, 0] {
+            assert_eq!(
+                pages_of(aws.store.as_ref(), f, size).await,
+                expected,
+                "{f:?} by {size}"
+            );
+        }
+    }
+    for since in [NOW_MS, NOW_MS + 4_000] {
+        assert_eq!(
+            aws.store.count_by_status(since).await.unwrap(),
+            memory.count_by_status(since).await.unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_keeps_its_e_mail_event_type_and_attempts() {
+    let (_emu, aws, _) = adapters(&secret_json(None)).await;
+    let mut d = contact_delivery(1);
+    aws.store
+        .insert_new(std::slice::from_ref(&d))
+        .await
+        .unwrap();
+    d.status = DeliveryStatus::Retrying;
+    d.push_attempt(Attempt {
+        at_ms: NOW_MS,
+        duration_ms: 40,
+        status_code: Some(503),
+        response: Some("503 busy".into()),
+        class: AttemptClass::Retry,
+        reason: Some("the target answered 503".into()),
+    });
+    aws.store.save(&d).await.unwrap();
+    let got = aws
+        .store
+        .get_many(std::slice::from_ref(&d.id))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![d]);
+}
+
 #[tokio::test]
 async fn the_queue_sends_in_batches_receives_acks_and_delays() {
     let (emu, aws, _) = adapters(&secret_json(None)).await;
@@ -434,6 +549,61 @@ async fn the_queue_sends_in_batches_receives_acks_and_delays() {
         .unwrap()
         .is_empty());
     assert_eq!(emu.depth(&emu.settings.render_queue_url).await, 1);
+}
+
+#[tokio::test]
+async fn requeued_messages_come_back_each_once_the_often_received_as_fresh_copies() {
+    let (emu, aws, _) = adapters(&secret_json(None)).await;
+    let q = &aws.queue;
+    let bodies: Vec<String> = (0..23).map(|i| format!("{{\"n\":{i}}}")).collect();
+    q.send(QueueName::Dispatch, bodies.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    let mut got = q
+        .receive(QueueName::Dispatch, 50, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 23);
+    // Every third as if received often: those go back as fresh copies, the rest as they are.
+    for m in got.iter_mut().step_by(3) {
+        m.receive_count = REFRESH_AFTER_RECEIVES;
+    }
+    let items: Vec<(Message, Duration)> = got.iter().map(|m| (m.clone(), Duration::ZERO)).collect();
+    q.requeue_many(QueueName::Dispatch, &items).await.unwrap();
+    let again = q
+        .receive(QueueName::Dispatch, 50, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut seen: Vec<(String, u32)> = again
+        .iter()
+        .map(|m| (m.body.clone(), m.receive_count))
+        .collect();
+    seen.sort();
+    let mut expected: Vec<(String, u32)> = got
+        .iter()
+        .map(|m| {
+            let fresh = m.receive_count >= REFRESH_AFTER_RECEIVES;
+            (m.body.clone(), if fresh { 1 } else { 2 })
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "each message once: a fresh copy (received once) or itself"
+    );
+
+    // Held for ten minutes, none is seen now.
+    let items: Vec<(Message, Duration)> = again
+        .iter()
+        .map(|m| (m.clone(), Duration::from_secs(600)))
+        .collect();
+    q.requeue_many(QueueName::Dispatch, &items).await.unwrap();
+    assert!(q
+        .receive(QueueName::Dispatch, 50, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(emu.depth(&emu.settings.dispatch_queue_url).await, 23);
 }
 
 #[tokio::test]

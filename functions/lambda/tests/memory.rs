@@ -61,7 +61,14 @@ fn context(secrets: SecretBundle) -> Context<Memory> {
 /// Calls the inbound router with an API Gateway fixture: the status and the JSON answer.
 async fn call(ctx: &Context<Memory>, fixture_name: &str) -> (u16, Value) {
     let request = lambda_http::request::from_str(&fixture(fixture_name)).expect("a request");
-    let request = request.map(|b| axum::body::Body::from(b.to_vec()));
+    answer(ctx, request.map(|b| axum::body::Body::from(b.to_vec()))).await
+}
+
+/// The inbound router's answer to a request: its status and JSON body.
+async fn answer(
+    ctx: &Context<Memory>,
+    request: axum::http::Request<axum::body::Body>,
+) -> (u16, Value) {
     let response = inbound::router(ctx)
         .oneshot(request)
         .await
@@ -184,6 +191,38 @@ async fn an_accepted_event_is_kept_for_the_configs_events_window() {
         FIXTURE_MS / 1000 + 2 * 24 * 3600,
         "the idempotency record's TTL is `retention.events` from now"
     );
+}
+
+/// Calls the inbound router with a GET and a key, as API Gateway passes it on.
+async fn get_with(ctx: &Context<Memory>, path: &str, key: &str) -> (u16, Value) {
+    let request = axum::http::Request::get(path)
+        .header("authorization", format!("Bearer {key}"))
+        .body(axum::body::Body::empty())
+        .expect("a request");
+    answer(ctx, request).await
+}
+
+#[tokio::test]
+async fn inbound_serves_the_management_api_to_admin_keys_only() {
+    let ctx = context(secrets(false));
+    let (status, body) = get_with(&ctx, "/v1/rules", "fixture-admin-key").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["rules"].as_array().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    let (status, body) = get_with(&ctx, "/v1/deliveries/dlv_none", "fixture-admin-key").await;
+    assert_eq!(status, 404, "{body}");
+    for path in [
+        "/v1/rules",
+        "/v1/status",
+        "/v1/deliveries",
+        "/v1/deliveries/dlv_none",
+    ] {
+        let (status, body) = get_with(&ctx, path, "fixture-api-key").await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
 }
 
 #[tokio::test]

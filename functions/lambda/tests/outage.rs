@@ -100,6 +100,9 @@ struct ProxyState {
     /// Messages sent with a delay: their body and when (on the fixed clock) SQS would first
     /// show them. The proxy sends them undelayed; the fake event source mapping hides them.
     delayed: Arc<Mutex<Vec<(String, i64)>>>,
+    /// Every AWS request the functions made, by operation (`x-amz-target`): the count and
+    /// the time moto took.
+    requests: Arc<Mutex<HashMap<String, (usize, Duration)>>>,
 }
 
 /// Applies `one` to each entry of an SQS JSON request (the `Entries` of a batch call, or the
@@ -187,6 +190,8 @@ async fn forward(
         bytes = s.intercept_delays(&bytes);
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let operation = target.to_string();
+    let started = std::time::Instant::now();
     let mut out = s
         .client
         .request(parts.method.clone(), format!("{}{path}", s.upstream));
@@ -200,6 +205,12 @@ async fn forward(
         .send()
         .await
         .expect("moto answers the proxy");
+    {
+        let mut requests = s.requests.lock().unwrap();
+        let entry = requests.entry(operation).or_default();
+        entry.0 += 1;
+        entry.1 += started.elapsed();
+    }
     let mut response = axum::response::Response::builder().status(answer.status());
     for (k, v) in answer.headers() {
         if k != axum::http::header::CONTENT_LENGTH && k != axum::http::header::TRANSFER_ENCODING {
@@ -216,6 +227,7 @@ async fn start_proxy(
     clock: Arc<ManualClock>,
     calls: Arc<Mutex<Vec<VisibilityCall>>>,
     delayed: Arc<Mutex<Vec<(String, i64)>>>,
+    requests: Arc<Mutex<HashMap<String, (usize, Duration)>>>,
 ) -> String {
     let state = Arc::new(ProxyState {
         upstream: support::endpoint().trim_end_matches('/').to_string(),
@@ -223,6 +235,7 @@ async fn start_proxy(
         clock,
         calls,
         delayed,
+        requests,
     });
     let app = axum::Router::new().fallback(forward).with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -260,6 +273,10 @@ struct Pipeline {
     dispatch: DispatchHandler,
     calls: Arc<Mutex<Vec<VisibilityCall>>>,
     delayed: Arc<Mutex<Vec<(String, i64)>>>,
+    /// The functions' AWS requests, by operation (see `ProxyState::requests`).
+    requests: Arc<Mutex<HashMap<String, (usize, Duration)>>>,
+    /// How many batches the dispatch function was handed.
+    invocations: usize,
     absorbed: usize,
     in_flight: HashMap<String, InFlight>,
     by_handle: HashMap<String, String>,
@@ -276,7 +293,14 @@ impl Pipeline {
         let clock = Arc::new(ManualClock::at_ms(START_MS));
         let calls = Arc::new(Mutex::new(Vec::new()));
         let delayed = Arc::new(Mutex::new(Vec::new()));
-        let proxy = start_proxy(clock.clone(), calls.clone(), delayed.clone()).await;
+        let requests = Arc::new(Mutex::new(HashMap::new()));
+        let proxy = start_proxy(
+            clock.clone(),
+            calls.clone(),
+            delayed.clone(),
+            requests.clone(),
+        )
+        .await;
         let emu = Emulator::start(&secret_json(Some((SE_USER, SE_KEY)))).await;
         let config =
             Config::parse(&rules.replace("BASE_URL", &fake.base_url()), "outage rules").unwrap();
@@ -293,6 +317,8 @@ impl Pipeline {
             clock,
             calls,
             delayed,
+            requests,
+            invocations: 0,
             absorbed: 0,
             in_flight: HashMap::new(),
             by_handle: HashMap::new(),
@@ -492,6 +518,7 @@ impl Pipeline {
             let dispatch_q = self.dispatch_q();
             let batch = self.receive(&dispatch_q, 100).await;
             if !batch.is_empty() {
+                self.invocations += 1;
                 let response = self.dispatch.handle(sqs_event(&batch, ARN)).await;
                 self.settle(&dispatch_q, &batch, &response).await;
             }
@@ -531,6 +558,30 @@ impl Pipeline {
             all.extend(self.ctx.ports.store.for_event(id).await.unwrap());
         }
         all
+    }
+
+    /// Prints the functions' AWS requests since the last report, by operation, per dispatch
+    /// invocation (a measurement for CI time and issue 16's cost table), and starts again.
+    fn report_requests(&mut self, phase: &str) {
+        let mut requests = self.requests.lock().unwrap();
+        let mut rows: Vec<_> = requests.drain().collect();
+        rows.sort();
+        let total: usize = rows.iter().map(|(_, (n, _))| n).sum();
+        let spent: Duration = rows.iter().map(|(_, (_, t))| *t).sum();
+        let per = self.invocations.max(1) as f64;
+        eprintln!(
+            "AWS requests, {phase}: {total} in {} dispatch invocations ({:.1} each), {:.1?} in moto",
+            self.invocations,
+            total as f64 / per,
+            spent
+        );
+        for (op, (n, t)) in rows {
+            eprintln!(
+                "  {op:<45} {n:>6} ({:.2} per invocation) {t:>10.1?}",
+                n as f64 / per
+            );
+        }
+        self.invocations = 0;
     }
 
     async fn dead_letters(&self) -> Vec<aws_sdk_sqs::types::Message> {
@@ -602,6 +653,7 @@ async fn six_hour_outage(breaker: &str, max_outage_calls: usize, attempts_during
 
     // Six hours of 503s, from one due message to the next.
     p.run_until(START_MS + 6 * HOUR_MS).await;
+    p.report_requests(&format!("six hours of outage, breaker {breaker}"));
     let outage_calls = fake.requests().len();
     let during = p.records(&ids).await;
     assert_eq!(during.len(), 40, "two deliveries per event");
@@ -652,6 +704,7 @@ async fn six_hour_outage(breaker: &str, max_outage_calls: usize, attempts_during
     // SmartEmailing is back.
     fake.set_default_fault(None);
     p.run_until(START_MS + 24 * HOUR_MS).await;
+    p.report_requests(&format!("recovery, breaker {breaker}"));
     let after = p.records(&ids).await;
     assert_eq!(
         statuses(&after).get("sent"),

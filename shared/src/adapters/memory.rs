@@ -9,6 +9,7 @@ use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
 use crate::ports::clock::Clock;
 use crate::ports::dead_letters::{DeadLetter, DeadLetters};
 use crate::ports::queue::{Message, QueueName};
+use crate::ports::store::{DeliveryCursor, DeliveryPage};
 use crate::ports::{
     AtomicAccept, ContactStore, DeliveryFilter, DeliveryStore, EventStore, Queue, QueueError,
     SendLeases, StoreError, TimerStore,
@@ -318,6 +319,7 @@ impl DeliveryStore for MemoryStore {
                 d.sent_at = r.sent_at.clone();
                 d.next_attempt_at = r.next_attempt_at;
                 d.request = r.request.clone();
+                d.attempt_log = r.attempt_log.clone();
             }
         }
         Ok(())
@@ -350,9 +352,7 @@ impl DeliveryStore for MemoryStore {
         let mut out: Vec<DeliveryRecord> = state
             .deliveries
             .values()
-            .filter(|d| f.status.is_none_or(|s| d.status == s))
-            .filter(|d| f.rule.as_ref().is_none_or(|r| &d.rule == r))
-            .filter(|d| f.since_ms.is_none_or(|t| d.created_at >= t))
+            .filter(|d| f.matches(d))
             .cloned()
             .collect();
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -360,6 +360,43 @@ impl DeliveryStore for MemoryStore {
             out.truncate(f.limit);
         }
         Ok(out)
+    }
+
+    async fn page(
+        &self,
+        f: &DeliveryFilter,
+        after: Option<&DeliveryCursor>,
+    ) -> Result<DeliveryPage, StoreError> {
+        let state = self.store()?;
+        let mut found: Vec<&DeliveryRecord> = state
+            .deliveries
+            .values()
+            .filter(|d| f.matches(d) && after.is_none_or(|c| c.precedes(d)))
+            .collect();
+        found.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(DeliveryPage::collect(
+            found.into_iter().cloned(),
+            f.page_size(),
+        ))
+    }
+
+    async fn count_by_status(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
+        let state = self.store()?;
+        let mut counts: HashMap<DeliveryStatus, u64> = HashMap::new();
+        for d in state
+            .deliveries
+            .values()
+            .filter(|d| d.created_at >= since_ms)
+        {
+            *counts.entry(d.status).or_default() += 1;
+        }
+        Ok(DeliveryStatus::ALL
+            .into_iter()
+            .filter_map(|s| counts.get(&s).map(|n| (s, *n)))
+            .collect())
     }
 }
 

@@ -1,12 +1,13 @@
 //! One SQLite file holding the events (idempotency records), the deliveries and the two
 //! queues, with the same semantics as the DynamoDB table and the SQS queues on AWS.
 
-use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use crate::domain::delivery::{Attempt, DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::domain::event::EventId;
 use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
 use crate::domain::retention::Retention;
 use crate::ports::clock::Clock;
 use crate::ports::queue::{Message, QueueName};
+use crate::ports::store::{DeliveryCursor, DeliveryPage};
 use crate::ports::{
     ContactStore, DeliveryFilter, DeliveryStore, EventStore, Queue, QueueError, StoreError,
     TimerStore,
@@ -172,6 +173,36 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS deliveries_by_expiry ON deliveries(expires_at) WHERE expires_at IS NOT NULL;",
+    )?;
+    migrate_console(conn)
+}
+
+/// The operator's window: each delivery's contact, event type and attempts, and the indexes
+/// its pages are read by (newest first: each ends in `created_at, id`, the keyset).
+fn migrate_console(conn: &Connection) -> rusqlite::Result<()> {
+    let has_email: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = 'email'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_email == 0 {
+        // Deliveries written before get their contact from their request and their event's
+        // type from the event, so a search finds them too.
+        conn.execute_batch(
+            "ALTER TABLE deliveries ADD COLUMN email TEXT;
+             ALTER TABLE deliveries ADD COLUMN event_type TEXT;
+             ALTER TABLE deliveries ADD COLUMN attempt_log TEXT;
+             UPDATE deliveries SET email = lower(trim(coalesce(
+                 json_extract(request, '$.item.emailaddress'),
+                 json_extract(request, '$.item.recipient.emailaddress'))))
+               WHERE request IS NOT NULL AND json_valid(request);
+             UPDATE deliveries SET event_type = (SELECT type FROM events WHERE events.id = deliveries.event_id);",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS deliveries_by_created ON deliveries(created_at, id);
+         CREATE INDEX IF NOT EXISTS deliveries_by_email ON deliveries(email, created_at, id) WHERE email IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS deliveries_by_rule ON deliveries(rule, created_at, id);",
     )
 }
 
@@ -631,7 +662,7 @@ const ENQUEUE: &str = "INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2
 const REMEMBER_BIRTHDAY: &str = "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT(email) DO UPDATE SET month = excluded.month, day = excluded.day, birthday = excluded.birthday";
 
-const DELIVERY_COLUMNS: &str = "id, event_id, rule, action, action_index, status, attempts, last_error, last_response, sent_at, next_attempt_at, request, created_at, chain_depth";
+const DELIVERY_COLUMNS: &str = "id, event_id, rule, action, action_index, status, attempts, last_error, last_response, sent_at, next_attempt_at, request, created_at, chain_depth, email, event_type, attempt_log";
 
 fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
     let status: String = row.get(5)?;
@@ -651,9 +682,12 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
         request: request.and_then(|r| serde_json::from_str::<Prepared>(&r).ok()),
         created_at: row.get(12)?,
         chain_depth: row.get::<_, i64>(13)? as u32,
-        email: None,
-        event_type: None,
-        attempt_log: Vec::new(),
+        email: row.get(14)?,
+        event_type: row.get(15)?,
+        attempt_log: row
+            .get::<_, Option<String>>(16)?
+            .and_then(|a| serde_json::from_str::<Vec<Attempt>>(&a).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -747,7 +781,7 @@ impl DeliveryStore for SqliteStore {
         let (now, retention) = (self.clock.now_ms(), self.retention);
         self.run(move |conn| {
             let sql = format!(
-                "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
             );
             execute_each(conn, &sql, &records, |stmt, r| {
                 stmt.execute(params![
@@ -765,6 +799,9 @@ impl DeliveryStore for SqliteStore {
                     request_json(r)?,
                     r.created_at,
                     r.chain_depth as i64,
+                    r.email,
+                    r.event_type,
+                    attempts_json(r)?,
                     retention.delivery_expires_at(r.status, now)
                 ])
             })
@@ -805,7 +842,7 @@ impl DeliveryStore for SqliteStore {
             execute_each(
                 conn,
                 "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
-                 next_attempt_at = ?7, request = ?8, expires_at = ?9, created_at = ?10 WHERE id = ?1",
+                 next_attempt_at = ?7, request = ?8, expires_at = ?9, created_at = ?10, attempt_log = ?11 WHERE id = ?1",
                 &records,
                 |stmt, r| {
                     stmt.execute(params![
@@ -819,6 +856,7 @@ impl DeliveryStore for SqliteStore {
                         request_json(r)?,
                         retention.delivery_expires_at(r.status, now),
                         r.created_at,
+                        attempts_json(r)?,
                     ])
                 },
             )
@@ -842,27 +880,156 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn list(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let conn = self.read();
         let limit = if f.limit == 0 {
             i64::MAX
         } else {
             f.limit as i64
         };
+        let mut q = Where::of(f);
+        q.args.push(limit.into());
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries {} ORDER BY created_at, id LIMIT ?",
+            q.clause()
+        );
+        self.query_deliveries(&sql, q.args)
+    }
+
+    async fn page(
+        &self,
+        f: &DeliveryFilter,
+        after: Option<&DeliveryCursor>,
+    ) -> Result<DeliveryPage, StoreError> {
+        let size = f.page_size();
+        let (sql, args) = page_query(f, after, size + 1);
+        Ok(DeliveryPage::collect(
+            self.query_deliveries(&sql, args)?,
+            size,
+        ))
+    }
+
+    async fn count_by_status(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
+        let conn = self.read();
+        // One index range per status: no scan of the older deliveries.
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR rule = ?2) AND (?3 IS NULL OR created_at >= ?3)
-                 ORDER BY created_at, id LIMIT ?4"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map(
-                params![f.status.map(|s| s.as_str()), f.rule, f.since_ms, limit],
-                delivery_from_row,
+            .prepare_cached(
+                "SELECT COUNT(*) FROM deliveries WHERE status = ?1 AND created_at >= ?2",
             )
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for status in DeliveryStatus::ALL {
+            let n: i64 = stmt
+                .query_row(params![status.as_str(), since_ms], |r| r.get(0))
+                .map_err(unavailable)?;
+            if n > 0 {
+                out.push((status, n as u64));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SqliteStore {
+    /// The deliveries a query over the reader finds.
+    fn query_deliveries(
+        &self,
+        sql: &str,
+        args: Vec<rusqlite::types::Value>,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), delivery_from_row)
             .map_err(unavailable)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
     }
+}
+
+/// The query of a page: at most `rows` deliveries matching `f` after the cursor, newest
+/// first.
+fn page_query(
+    f: &DeliveryFilter,
+    after: Option<&DeliveryCursor>,
+    rows: usize,
+) -> (String, Vec<rusqlite::types::Value>) {
+    let mut q = Where::of(f);
+    if let Some(c) = after {
+        // The keyset, written so the `created_at` bound is an index range.
+        q.push(
+            "created_at <= ? AND (created_at < ? OR id < ?)",
+            [
+                c.created_at.into(),
+                c.created_at.into(),
+                c.id.to_string().into(),
+            ],
+        );
+    }
+    q.args.push((rows as i64).into());
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries {} ORDER BY created_at DESC, id DESC LIMIT ?",
+        q.clause()
+    );
+    (sql, q.args)
+}
+
+/// A filter as a `WHERE` clause naming only the fields it sets, so each query can use the
+/// index of its field (`?1 IS NULL OR …` would defeat every index).
+struct Where {
+    terms: Vec<&'static str>,
+    args: Vec<rusqlite::types::Value>,
+}
+
+impl Where {
+    fn of(f: &DeliveryFilter) -> Self {
+        let mut q = Self {
+            terms: Vec::new(),
+            args: Vec::new(),
+        };
+        let text = |v: &Option<String>| v.clone().map(rusqlite::types::Value::from);
+        let fields = [
+            (
+                "status = ?",
+                f.status.map(|s| s.as_str().to_string().into()),
+            ),
+            ("email = ?", f.email_key().map(Into::into)),
+            ("rule = ?", text(&f.rule)),
+            ("action = ?", text(&f.action)),
+            ("event_type = ?", text(&f.event_type)),
+            ("created_at >= ?", f.since_ms.map(Into::into)),
+            ("created_at < ?", f.until_ms.map(Into::into)),
+        ];
+        for (term, value) in fields {
+            if let Some(v) = value {
+                q.push(term, [v]);
+            }
+        }
+        q
+    }
+
+    fn push<const N: usize>(&mut self, term: &'static str, args: [rusqlite::types::Value; N]) {
+        self.terms.push(term);
+        self.args.extend(args);
+    }
+
+    fn clause(&self) -> String {
+        if self.terms.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.terms.join(" AND "))
+        }
+    }
+}
+
+/// The stored form of a delivery's attempt log (`NULL` while it has none).
+fn attempts_json(r: &DeliveryRecord) -> rusqlite::Result<Option<String>> {
+    if r.attempt_log.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(&r.attempt_log)
+        .map(Some)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
 /// The stored form of a delivery's rendered request. One that cannot be encoded fails the
@@ -1170,6 +1337,9 @@ impl SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod page_tests;
 
 #[cfg(test)]
 mod tests {

@@ -203,15 +203,20 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let mut d = find(&state, &id).await?;
+    let refuse = |why: String| Err(ApiError::new(StatusCode::CONFLICT, "not_scheduled", why));
     if d.status != DeliveryStatus::Scheduled {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_scheduled",
-            format!(
-                "the delivery is {}; only a scheduled one can be cancelled",
-                d.status.as_str()
-            ),
+        return refuse(format!(
+            "the delivery is {}; only a scheduled one can be cancelled",
+            d.status.as_str()
         ));
+    }
+    // One already due may be being sent right now: cancelling it could hide that it was.
+    if d.next_attempt_at
+        .is_none_or(|due| due <= state.clock.now_ms())
+    {
+        return refuse(
+            "the delivery is due and may be being sent; it can no longer be cancelled".into(),
+        );
     }
     d.status = DeliveryStatus::Cancelled;
     d.next_attempt_at = None;

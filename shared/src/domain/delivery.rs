@@ -113,21 +113,33 @@ impl Prepared {
         let Prepared::SmartEmailing { endpoint, item, .. } = self else {
             return None;
         };
-        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
-        // SmartEmailing knows a contact by its address whatever its case.
-        let email = |v: &Value| text(v, "emailaddress").map(|e| e.trim().to_lowercase());
+        let text = |key: &str| item.get(key).and_then(Value::as_str).map(str::to_string);
         let row = match endpoint {
             Endpoint::TriggerEvent => {
-                let (address, name) = email(item).zip(text(item, "name"))?;
+                let (address, name) = self.email().zip(text("name"))?;
                 format!("{address}\u{0}{name}")
             }
-            Endpoint::Import => email(item)?,
-            Endpoint::ImportOrders => text(item, "eshop_code")?,
-            Endpoint::CustomEmails | Endpoint::TransactionalEmails | Endpoint::CustomSms => {
-                email(item.get("recipient")?)?
-            }
+            Endpoint::ImportOrders => text("eshop_code")?,
+            _ => self.email()?,
         };
         Some(format!("{}:{row}", endpoint.path()))
+    }
+
+    /// The contact's address a SmartEmailing item names (`emailaddress`, or the recipient's
+    /// for the send endpoints), trimmed and lower case: SmartEmailing knows a contact by its
+    /// address whatever its case. `None` for a webhook, or an item without one.
+    pub fn email(&self) -> Option<String> {
+        let Prepared::SmartEmailing { endpoint, item, .. } = self else {
+            return None;
+        };
+        let holder = match endpoint {
+            Endpoint::CustomEmails | Endpoint::TransactionalEmails | Endpoint::CustomSms => {
+                item.get("recipient")?
+            }
+            Endpoint::TriggerEvent | Endpoint::Import | Endpoint::ImportOrders => item,
+        };
+        let address = holder.get("emailaddress").and_then(Value::as_str)?;
+        Some(address.trim().to_lowercase())
     }
 }
 
@@ -154,6 +166,18 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// Every status, in the order counts are given.
+    pub const ALL: [DeliveryStatus; 8] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Scheduled,
+        DeliveryStatus::Sent,
+        DeliveryStatus::DryRun,
+        DeliveryStatus::Skipped,
+        DeliveryStatus::Cancelled,
+        DeliveryStatus::Dead,
+    ];
+
     /// The status as written in the API and the store.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -365,6 +389,13 @@ impl DeliveryRecord {
             self.last_error = Some(reason.clone());
             self.last_response = response.clone();
         }
+    }
+
+    /// Adds an attempt to the log, dropping the oldest beyond [`ATTEMPTS_KEPT`].
+    pub fn push_attempt(&mut self, attempt: Attempt) {
+        self.attempt_log.push(attempt);
+        let over = self.attempt_log.len().saturating_sub(ATTEMPTS_KEPT);
+        self.attempt_log.drain(..over);
     }
 
     /// Gives the delivery up without a call (it waited longer than `delivery.max_age`).
@@ -588,6 +619,55 @@ mod tests {
         };
         assert_eq!(http.row_key(), None);
         assert_eq!(se(Endpoint::Import, serde_json::json!({})).row_key(), None);
+    }
+
+    #[test]
+    fn the_email_is_the_item_s_or_the_recipient_s_trimmed_and_lower_case() {
+        let import = se(
+            Endpoint::Import,
+            serde_json::json!({"emailaddress": " Jan@Example.COM "}),
+        );
+        assert_eq!(import.email().as_deref(), Some("jan@example.com"));
+        let order = se(
+            Endpoint::ImportOrders,
+            serde_json::json!({"emailaddress": "eva@example.com", "eshop_code": "A-1"}),
+        );
+        assert_eq!(order.email().as_deref(), Some("eva@example.com"));
+        let mail = se(
+            Endpoint::TransactionalEmails,
+            serde_json::json!({"recipient": {"emailaddress": "Petr@example.com"}}),
+        );
+        assert_eq!(mail.email().as_deref(), Some("petr@example.com"));
+        let stray = se(
+            Endpoint::CustomSms,
+            serde_json::json!({"emailaddress": "not-the-recipient@example.com"}),
+        );
+        assert_eq!(stray.email(), None);
+    }
+
+    fn attempt(at_ms: i64) -> Attempt {
+        Attempt {
+            at_ms,
+            duration_ms: 1,
+            status_code: Some(503),
+            response: None,
+            class: AttemptClass::Retry,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn the_attempt_log_keeps_only_the_newest_attempts_oldest_first() {
+        let mut d = pending();
+        for at in 0..(ATTEMPTS_KEPT as i64 + 5) {
+            d.push_attempt(attempt(at));
+        }
+        assert_eq!(d.attempt_log.len(), ATTEMPTS_KEPT);
+        assert_eq!(d.attempt_log.first().map(|a| a.at_ms), Some(5));
+        assert_eq!(
+            d.attempt_log.last().map(|a| a.at_ms),
+            Some(ATTEMPTS_KEPT as i64 + 4)
+        );
     }
 
     #[test]

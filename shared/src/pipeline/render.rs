@@ -2,7 +2,7 @@
 //! and chain steps become scheduled deliveries held by durable timers; a later event named in
 //! a rule's `unless` cancels them; birthdays seen on the way are remembered.
 
-use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus};
+use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::domain::event::Event;
 use crate::ports::clock::Clock;
 use crate::ports::queue::{send_jobs, DispatchJob, Message, RenderJob};
@@ -257,6 +257,7 @@ impl RenderStep {
                     }
                     Err(NotRendered::Skipped(why)) => (DeliveryStatus::Skipped, None, Some(why)),
                 };
+                let email = email_of(request.as_ref(), event);
                 DeliveryRecord {
                     id: DeliveryId::derive(&event.id, &r.rule, r.index),
                     event_id: event.id.clone(),
@@ -272,8 +273,8 @@ impl RenderStep {
                     request,
                     created_at: now_ms,
                     chain_depth: job.depth,
-                    email: None,
-                    event_type: None,
+                    email,
+                    event_type: Some(event.kind.as_str().to_string()),
                     attempt_log: Vec::new(),
                 }
             })
@@ -305,6 +306,16 @@ impl RenderStep {
     }
 }
 
+/// The contact a delivery is for, as an operator searches it: the address its request names,
+/// or else the event's contact's; trimmed and lower case.
+fn email_of(request: Option<&Prepared>, event: &Event) -> Option<String> {
+    request
+        .and_then(Prepared::email)
+        .filter(|e| !e.is_empty())
+        .or_else(|| event.email().map(|e| e.trim().to_lowercase()))
+        .filter(|e| !e.is_empty())
+}
+
 /// Decodes a pass's messages: the unreadable ones (by position, with why) and the jobs.
 fn decode(messages: &[Message]) -> (HashMap<usize, String>, Vec<Positioned>) {
     let mut unreadable = HashMap::new();
@@ -318,4 +329,43 @@ fn decode(messages: &[Message]) -> (HashMap<usize, String>, Vec<Positioned>) {
         }
     }
     (unreadable, jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::parse_event;
+    use crate::domain::smartemailing::Endpoint;
+    use serde_json::json;
+
+    fn event(email: &str) -> Event {
+        let raw = json!({"id": "evt-1", "type": "contact.created", "contact": {"email": email}});
+        parse_event(&raw, "", chrono::Utc::now()).unwrap()
+    }
+
+    #[test]
+    fn a_delivery_is_for_the_address_its_request_names_or_else_the_event_s_contact() {
+        let import = Prepared::SmartEmailing {
+            endpoint: Endpoint::Import,
+            group: json!({}),
+            item: json!({"emailaddress": " Other@Example.com"}),
+        };
+        let webhook = Prepared::Http {
+            method: "POST".into(),
+            url: "https://hooks.example.com".into(),
+            headers: vec![],
+            body: None,
+            auth: None,
+        };
+        let e = event("Jana@Example.com");
+        assert_eq!(
+            email_of(Some(&import), &e).as_deref(),
+            Some("other@example.com")
+        );
+        assert_eq!(
+            email_of(Some(&webhook), &e).as_deref(),
+            Some("jana@example.com")
+        );
+        assert_eq!(email_of(None, &e).as_deref(), Some("jana@example.com"));
+    }
 }

@@ -86,6 +86,40 @@ pub struct DeliveryFilter {
     pub until_ms: Option<i64>,
 }
 
+/// The page size when a filter asks for none (`limit` 0).
+pub const DEFAULT_PAGE: usize = 100;
+
+impl DeliveryFilter {
+    /// The e-mail asked for as deliveries store it: trimmed, lower case.
+    pub fn email_key(&self) -> Option<String> {
+        self.email.as_deref().map(|e| e.trim().to_lowercase())
+    }
+
+    /// Whether a delivery passes every field of the filter (`limit` aside).
+    pub fn matches(&self, r: &DeliveryRecord) -> bool {
+        let email = self.email_key();
+        self.status.is_none_or(|s| r.status == s)
+            && self.rule.as_ref().is_none_or(|x| &r.rule == x)
+            && self.action.as_ref().is_none_or(|x| &r.action == x)
+            && email.is_none_or(|x| r.email.as_ref() == Some(&x))
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|x| r.event_type.as_ref() == Some(x))
+            && self.since_ms.is_none_or(|t| r.created_at >= t)
+            && self.until_ms.is_none_or(|t| r.created_at < t)
+    }
+
+    /// The size of a page: `limit`, or [`DEFAULT_PAGE`] when it is 0.
+    pub fn page_size(&self) -> usize {
+        if self.limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            self.limit
+        }
+    }
+}
+
 /// Where a page of deliveries (newest first) ends: the next page starts after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryCursor {
@@ -96,6 +130,19 @@ pub struct DeliveryCursor {
 }
 
 impl DeliveryCursor {
+    /// The cursor just after `r`.
+    pub fn of(r: &DeliveryRecord) -> Self {
+        Self {
+            created_at: r.created_at,
+            id: r.id.clone(),
+        }
+    }
+
+    /// Whether `r` comes after the cursor, newest first: older, or as old with a smaller id.
+    pub fn precedes(&self, r: &DeliveryRecord) -> bool {
+        (r.created_at, &r.id) < (self.created_at, &self.id)
+    }
+
     /// The cursor as an opaque, URL-safe token.
     pub fn encode(&self) -> String {
         hex::encode(format!("{}:{}", self.created_at, self.id))
@@ -121,6 +168,28 @@ pub struct DeliveryPage {
     pub next_cursor: Option<DeliveryCursor>,
 }
 
+impl DeliveryPage {
+    /// The first `size` of `newest_first` (already filtered and after the cursor), with a
+    /// cursor when more follow.
+    pub fn collect(newest_first: impl IntoIterator<Item = DeliveryRecord>, size: usize) -> Self {
+        let mut deliveries: Vec<DeliveryRecord> = newest_first
+            .into_iter()
+            .take(size.saturating_add(1))
+            .collect();
+        let more = deliveries.len() > size;
+        deliveries.truncate(size);
+        let next_cursor = if more {
+            deliveries.last().map(DeliveryCursor::of)
+        } else {
+            None
+        };
+        Self {
+            deliveries,
+            next_cursor,
+        }
+    }
+}
+
 /// Deliveries and their state.
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
@@ -142,28 +211,18 @@ pub trait DeliveryStore: Send + Sync {
     /// Deliveries matching a filter, oldest first.
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// One page of the deliveries matching a filter, newest first (by `created_at`, then id),
-    /// starting after `after`; `filter.limit` is the page size.
+    /// starting after `after`; the page size is `filter.page_size()`.
     async fn page(
         &self,
         filter: &DeliveryFilter,
         after: Option<&DeliveryCursor>,
-    ) -> Result<DeliveryPage, StoreError> {
-        let _ = (filter, after);
-        Err(StoreError::Unavailable(
-            "this store cannot list pages yet".into(),
-        ))
-    }
+    ) -> Result<DeliveryPage, StoreError>;
     /// How many deliveries created at or after `since_ms` are in each status (statuses with
-    /// none are left out).
+    /// none are left out), in the order of [`DeliveryStatus::ALL`].
     async fn count_by_status(
         &self,
         since_ms: i64,
-    ) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
-        let _ = since_ms;
-        Err(StoreError::Unavailable(
-            "this store cannot count deliveries yet".into(),
-        ))
-    }
+    ) -> Result<Vec<(DeliveryStatus, u64)>, StoreError>;
 }
 
 /// Timers: deliveries held until a due time, findable by a correlation key so a later

@@ -101,7 +101,8 @@ pub fn preview_request(config: &Config, prepared: &Prepared) -> Value {
         } => {
             let mut h = Map::new();
             for (k, v) in headers {
-                h.insert(k.clone(), Value::String(v.clone()));
+                let shown = if is_credential_header(k) { "***" } else { v };
+                h.insert(k.clone(), Value::String(shown.to_string()));
             }
             if auth.is_some() {
                 h.insert("Authorization".into(), Value::String("***".into()));
@@ -116,10 +117,38 @@ pub fn preview_request(config: &Config, prepared: &Prepared) -> Value {
     }
 }
 
+/// Whether a header carries a credential by its name (a key, a token, a cookie): shown as
+/// `***` wherever a request is shown, whatever the config wrote in it.
+pub fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || ["key", "token", "secret", "password", "signature", "auth"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::event::parse_event;
+
+    #[test]
+    fn credential_headers_are_shown_masked() {
+        for h in [
+            "Authorization",
+            "X-Api-Key",
+            "cookie",
+            "X-Auth-Token",
+            "Webhook-Signature",
+        ] {
+            assert!(is_credential_header(h), "{h}");
+        }
+        for h in ["Content-Type", "Accept", "X-Request-Id"] {
+            assert!(!is_credential_header(h), "{h}");
+        }
+    }
 
     fn render(rules: &str, event: Value) -> Vec<Result<Value, NotRendered>> {
         let config = Config::parse(&format!("smartemailing: {{time_zone: Europe/Prague, date_custom_fields: [9]}}\nrules:\n{rules}"), "t")

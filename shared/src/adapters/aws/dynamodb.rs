@@ -9,7 +9,9 @@
 //!   step reads it with a strongly consistent read (a delivery held as sent is never sent
 //!   again). Index `gsi1` (`gsi1pk = EVENT#<event id>`, keys only) finds an event's
 //!   deliveries, which are then read consistently; index `gsi2` (`gsi2pk = DSTATUS#<status>`,
-//!   `gsi2sk = <created_at>#<id>`) lists them by status;
+//!   `gsi2sk = <created_at>#<id>`) lists them by status; index `gsi3` (`gsi3pk =
+//!   EMAIL#<lower-case e-mail>`, `gsi3sk = <created_at>#<id>`, keys only) finds a contact's
+//!   (see `page`);
 //! - a timer (a held delivery a later event may cancel): `pk = TIMER#<correlation>`,
 //!   `sk = <delivery id>`;
 //! - a contact's birthday: `pk = CONTACT#<email>`, `sk = BIRTHDAY`, indexed in `gsi2` under
@@ -23,11 +25,12 @@
 //! outcome is a PutItem of the whole item, which has no lease attributes: the lease goes in
 //! the same write.
 
-use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
+use crate::domain::delivery::{Attempt, DeliveryId, DeliveryRecord, DeliveryStatus, Prepared};
 use crate::domain::event::EventId;
 use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
 use crate::domain::retention::Retention;
 use crate::ports::clock::Clock;
+use crate::ports::store::{DeliveryCursor, DeliveryPage};
 use crate::ports::{
     ContactStore, DeliveryFilter, DeliveryStore, EventStore, SendLeases, StoreError, TimerStore,
 };
@@ -41,25 +44,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod page;
+
 /// The index that finds an event's deliveries.
 pub const BY_EVENT_INDEX: &str = "gsi1";
 /// The index that lists deliveries by status.
 pub const BY_STATUS_INDEX: &str = "gsi2";
+/// The index that finds a contact's deliveries by e-mail.
+pub const BY_EMAIL_INDEX: &str = "gsi3";
 /// BatchGetItem takes at most this many keys.
 const BATCH_GET_LIMIT: usize = 100;
 /// How often unprocessed keys of a BatchGetItem are asked for again.
 const BATCH_GET_RETRIES: u32 = 5;
 
-const STATUSES: [DeliveryStatus; 8] = [
-    DeliveryStatus::Pending,
-    DeliveryStatus::Retrying,
-    DeliveryStatus::Scheduled,
-    DeliveryStatus::Sent,
-    DeliveryStatus::Dead,
-    DeliveryStatus::Skipped,
-    DeliveryStatus::DryRun,
-    DeliveryStatus::Cancelled,
-];
 /// How long a timer stays after it was due (it is only needed until then).
 const TIMER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -127,6 +124,27 @@ where
 
 fn status_pk(status: DeliveryStatus) -> String {
     format!("DSTATUS#{}", status.as_str())
+}
+
+fn email_pk(email: &str) -> String {
+    format!("EMAIL#{email}")
+}
+
+/// The sort key of a delivery in `gsi2` and `gsi3`: by creation, then id, as text.
+fn created_sk(created_at: i64, id: &str) -> String {
+    format!("{created_at:015}#{id}")
+}
+
+/// The ids of the deliveries a keys-only index found.
+fn delivery_ids(keys: &[Item]) -> Vec<DeliveryId> {
+    keys.iter()
+        .filter_map(|k| match k.get("pk") {
+            Some(AttributeValue::S(pk)) => {
+                pk.strip_prefix("DELIVERY#").map(DeliveryId::from_stored)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Sorts deliveries the way every store returns an event's deliveries.
@@ -229,10 +247,7 @@ fn delivery_to_item(d: &DeliveryRecord, expires_at: Option<i64>) -> Item {
             )),
         ),
         ("gsi2pk".into(), s(status_pk(d.status))),
-        (
-            "gsi2sk".into(),
-            s(format!("{:015}#{}", d.created_at, d.id.as_str())),
-        ),
+        ("gsi2sk".into(), s(created_sk(d.created_at, d.id.as_str()))),
     ]);
     let mut opt = |k: &str, v: Option<AttributeValue>| {
         if let Some(v) = v {
@@ -244,6 +259,20 @@ fn delivery_to_item(d: &DeliveryRecord, expires_at: Option<i64>) -> Item {
     opt("sent_at", d.sent_at.as_deref().map(s));
     opt("next_attempt_at", d.next_attempt_at.map(n));
     opt("expires_at", expires_at.map(n));
+    opt("event_type", d.event_type.as_deref().map(s));
+    // An index key cannot be empty: a delivery without an address is in no contact's list.
+    if let Some(email) = d.email.as_deref().filter(|e| !e.is_empty()) {
+        opt("email", Some(s(email)));
+        opt("gsi3pk", Some(s(email_pk(email))));
+        opt("gsi3sk", Some(s(created_sk(d.created_at, d.id.as_str()))));
+    }
+    opt(
+        "attempt_log",
+        (!d.attempt_log.is_empty())
+            .then(|| serde_json::to_string(&d.attempt_log).ok())
+            .flatten()
+            .map(s),
+    );
     opt(
         "request",
         d.request
@@ -266,6 +295,12 @@ fn delivery_from_item(item: &Item) -> Result<DeliveryRecord, StoreError> {
         }
         None => None,
     };
+    let attempt_log = match r.opt_s("attempt_log") {
+        Some(text) => {
+            serde_json::from_str::<Vec<Attempt>>(&text).map_err(|_| r.corrupt("attempt_log"))?
+        }
+        None => Vec::new(),
+    };
     Ok(DeliveryRecord {
         id: DeliveryId::from_stored(r.s("id")?),
         event_id: EventId::from_stored(r.s("event_id")?),
@@ -281,9 +316,9 @@ fn delivery_from_item(item: &Item) -> Result<DeliveryRecord, StoreError> {
         request,
         created_at: r.n("created_at")?,
         chain_depth: r.n("chain_depth")? as u32,
-        email: None,
-        event_type: None,
-        attempt_log: Vec::new(),
+        email: r.opt_s("email"),
+        event_type: r.opt_s("event_type"),
+        attempt_log,
     })
 }
 
@@ -604,6 +639,33 @@ impl DeliveryStore for DynamoStore {
         }
     }
 
+    /// One conditional PutItem per delivery, all in flight at once: BatchWriteItem cannot
+    /// carry the condition that keeps a sent delivery sent, and a transaction costs twice
+    /// the write units and fails whole. A delivery named twice is written in order instead.
+    async fn save_many(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
+        let mut ids = std::collections::HashSet::new();
+        if records.len() < 2 || !records.iter().all(|r| ids.insert(&r.id)) {
+            for r in records {
+                self.save(r).await?;
+            }
+            return Ok(());
+        }
+        let mut writes = tokio::task::JoinSet::new();
+        for r in records {
+            let (store, record) = (self.clone(), r.clone());
+            writes.spawn(async move { store.save(&record).await });
+        }
+        let mut failure = None;
+        while let Some(joined) = writes.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(StoreError::Unavailable(format!("a delivery write: {e}"))),
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
         let keys = self
             .query_all(
@@ -613,15 +675,7 @@ impl DeliveryStore for DynamoStore {
                 0,
             )
             .await?;
-        let ids: Vec<DeliveryId> = keys
-            .iter()
-            .filter_map(|k| match k.get("pk") {
-                Some(AttributeValue::S(pk)) => {
-                    pk.strip_prefix("DELIVERY#").map(DeliveryId::from_stored)
-                }
-                _ => None,
-            })
-            .collect();
+        let ids = delivery_ids(&keys);
         // The index only finds them; their state is read consistently from the table.
         let mut out = self.get_many(&ids).await?;
         out.sort_by(by_event_order);
@@ -631,7 +685,7 @@ impl DeliveryStore for DynamoStore {
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
         let statuses: Vec<DeliveryStatus> = match filter.status {
             Some(st) => vec![st],
-            None => STATUSES.to_vec(),
+            None => DeliveryStatus::ALL.to_vec(),
         };
         let mut out = Vec::new();
         for st in statuses {
@@ -639,15 +693,34 @@ impl DeliveryStore for DynamoStore {
                 self.list_status(st, filter.since_ms)
                     .await?
                     .into_iter()
-                    .filter(|d| match &filter.rule {
-                        Some(r) => &d.rule == r,
-                        None => true,
-                    }),
+                    .filter(|d| filter.matches(d)),
             );
         }
         out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
         if filter.limit > 0 {
             out.truncate(filter.limit);
+        }
+        Ok(out)
+    }
+
+    async fn page(
+        &self,
+        filter: &DeliveryFilter,
+        after: Option<&DeliveryCursor>,
+    ) -> Result<DeliveryPage, StoreError> {
+        self.newest_page(filter, after).await
+    }
+
+    async fn count_by_status(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for status in DeliveryStatus::ALL {
+            let count = self.count_status(status, since_ms).await?;
+            if count > 0 {
+                out.push((status, count));
+            }
         }
         Ok(out)
     }

@@ -6,6 +6,7 @@ use crate::ports::{DeadLetters, Queue, QueueError};
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     SendMessageBatchRequestEntry,
 };
@@ -75,6 +76,66 @@ fn all(n: usize, message: String) -> QueueError {
     }
 }
 
+/// What the batch calls of one operation refused: the positions (in the whole list given)
+/// and why, gathered call by call.
+#[derive(Default)]
+struct Refusals {
+    failed: Vec<usize>,
+    messages: Vec<String>,
+}
+
+impl Refusals {
+    /// Takes in one batch call's answer; `Err` refuses the whole `range`.
+    fn answer<E: std::error::Error + 'static>(
+        &mut self,
+        range: std::ops::Range<usize>,
+        answer: Result<Vec<BatchResultErrorEntry>, E>,
+    ) {
+        match answer {
+            Ok(refused) => {
+                for f in refused {
+                    if let Ok(i) = f.id.parse::<usize>() {
+                        self.failed.push(i);
+                    }
+                    self.messages
+                        .push(format!("{}: {}", f.code, f.message.unwrap_or_default()));
+                }
+            }
+            Err(e) => {
+                self.failed.extend(range);
+                self.messages
+                    .push(format!("SQS: {}", DisplayErrorContext(&e)));
+            }
+        }
+    }
+
+    /// Takes in a whole operation's refusals, its positions mapped back by `position`.
+    fn add(&mut self, result: Result<(), QueueError>, position: impl Fn(usize) -> usize) {
+        if let Err(e) = result {
+            self.failed.extend(e.failed.into_iter().map(position));
+            self.messages.push(e.message);
+        }
+    }
+
+    fn into_result(mut self) -> Result<(), QueueError> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        self.failed.sort_unstable();
+        self.failed.dedup();
+        self.messages.dedup();
+        Err(QueueError {
+            failed: self.failed,
+            message: self.messages.join("; "),
+        })
+    }
+}
+
+/// Whole seconds of a visibility, rounded up, so a retry is never seen before it is due.
+fn visibility_secs(delay: Duration) -> i32 {
+    delay.min(MAX_VISIBILITY).as_millis().div_ceil(1000) as i32
+}
+
 /// Splits bodies into batch calls: at most ten messages and 256 KiB each.
 fn batches(bodies: &[String]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
@@ -116,19 +177,19 @@ impl SqsQueue {
         }
     }
 
+    /// Sends `bodies` in batch calls, each visible after `delay_of` its position.
     async fn send_to(
         &self,
         url: &str,
         bodies: &[String],
-        delay: Duration,
+        delay_of: &(dyn Fn(usize) -> Duration + Sync),
         reasons: Option<&[String]>,
     ) -> Result<(), QueueError> {
-        let delay_secs = delay.min(MAX_DELAY).as_secs() as i32;
-        let mut failed = Vec::new();
-        let mut messages = Vec::new();
+        let mut refusals = Refusals::default();
         for range in batches(bodies) {
             let mut entries = Vec::with_capacity(range.len());
             for i in range.clone() {
+                let delay_secs = delay_of(i).min(MAX_DELAY).as_secs() as i32;
                 let mut e = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(&bodies[i])
@@ -143,38 +204,50 @@ impl SqsQueue {
                 }
                 entries.push(e.build().map_err(|e| all(bodies.len(), e.to_string()))?);
             }
-            match self
+            let answer = self
                 .client
                 .send_message_batch()
                 .queue_url(url)
                 .set_entries(Some(entries))
                 .send()
                 .await
-            {
-                Ok(out) => {
-                    for f in out.failed {
-                        if let Ok(i) = f.id.parse::<usize>() {
-                            failed.push(i);
-                        }
-                        messages.push(format!("{}: {}", f.code, f.message.unwrap_or_default()));
-                    }
-                }
-                Err(e) => {
-                    failed.extend(range);
-                    messages.push(format!("SQS: {}", DisplayErrorContext(&e)));
-                }
+                .map(|out| out.failed);
+            refusals.answer(range, answer);
+        }
+        refusals.into_result()
+    }
+
+    /// Hides received messages for their delays, ten to a ChangeMessageVisibilityBatch call.
+    async fn change_visibility(
+        &self,
+        url: &str,
+        retries: &[(String, Duration)],
+    ) -> Result<(), QueueError> {
+        let mut refusals = Refusals::default();
+        for (c, chunk) in retries.chunks(BATCH_LIMIT).enumerate() {
+            let base = c * BATCH_LIMIT;
+            let mut entries = Vec::with_capacity(chunk.len());
+            for (i, (handle, delay)) in chunk.iter().enumerate() {
+                entries.push(
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id((base + i).to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout(visibility_secs(*delay))
+                        .build()
+                        .map_err(|e| all(retries.len(), e.to_string()))?,
+                );
             }
+            let answer = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map(|out| out.failed);
+            refusals.answer(base..base + chunk.len(), answer);
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            failed.sort_unstable();
-            messages.dedup();
-            Err(QueueError {
-                failed,
-                message: messages.join("; "),
-            })
-        }
+        refusals.into_result()
     }
 
     /// Sends dead letters to a queue's dead-letter queue, each with its reason (in the body's
@@ -198,7 +271,7 @@ impl SqsQueue {
         };
         let bodies: Vec<String> = letters.iter().map(DeadLetter::to_body).collect();
         let reasons: Vec<String> = letters.iter().map(|l| l.reason.clone()).collect();
-        self.send_to(url, &bodies, Duration::ZERO, Some(&reasons))
+        self.send_to(url, &bodies, &|_| Duration::ZERO, Some(&reasons))
             .await
     }
 }
@@ -230,7 +303,8 @@ impl Queue for SqsQueue {
         bodies: Vec<String>,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        self.send_to(self.url(queue), &bodies, delay, None).await
+        self.send_to(self.url(queue), &bodies, &|_| delay, None)
+            .await
     }
 
     async fn receive(
@@ -277,8 +351,7 @@ impl Queue for SqsQueue {
     }
 
     async fn ack(&self, queue: QueueName, handles: &[String]) -> Result<(), QueueError> {
-        let mut failed = Vec::new();
-        let mut messages = Vec::new();
+        let mut refusals = Refusals::default();
         for (c, chunk) in handles.chunks(BATCH_LIMIT).enumerate() {
             let base = c * BATCH_LIMIT;
             let mut entries = Vec::with_capacity(chunk.len());
@@ -291,79 +364,60 @@ impl Queue for SqsQueue {
                         .map_err(|e| all(handles.len(), e.to_string()))?,
                 );
             }
-            match self
+            let answer = self
                 .client
                 .delete_message_batch()
                 .queue_url(self.url(queue))
                 .set_entries(Some(entries))
                 .send()
                 .await
-            {
-                Ok(out) => {
-                    for f in out.failed {
-                        if let Ok(i) = f.id.parse::<usize>() {
-                            failed.push(i);
-                        }
-                        messages.push(format!("{}: {}", f.code, f.message.unwrap_or_default()));
-                    }
-                }
-                Err(e) => {
-                    failed.extend(base..base + chunk.len());
-                    messages.push(format!("SQS: {}", DisplayErrorContext(&e)));
-                }
-            }
+                .map(|out| out.failed);
+            refusals.answer(base..base + chunk.len(), answer);
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            messages.dedup();
-            Err(QueueError {
-                failed,
-                message: messages.join("; "),
-            })
-        }
+        refusals.into_result()
     }
 
+    /// In batch calls: fresh copies of the messages received `REFRESH_AFTER_RECEIVES` times
+    /// or more (their receive counts start again), the others hidden again.
     async fn requeue_many(
         &self,
         queue: QueueName,
         items: &[(Message, Duration)],
     ) -> Result<(), QueueError> {
-        let mut failed = Vec::new();
-        let mut problems = Vec::new();
-        for (i, (message, delay)) in items.iter().enumerate() {
-            let result = if message.receive_count >= REFRESH_AFTER_RECEIVES {
-                // A fresh copy starts its receive count again. It is sent before the old
-                // one is deleted: a failure in between leaves two copies, which the
-                // dispatcher tells apart (never two sends), never none.
-                match self
-                    .send_to(
-                        self.url(queue),
-                        std::slice::from_ref(&message.body),
-                        *delay,
-                        None,
-                    )
-                    .await
-                {
-                    Ok(()) => self.ack(queue, std::slice::from_ref(&message.handle)).await,
-                    Err(_) => self.retry_after(queue, &message.handle, *delay).await,
-                }
-            } else {
-                self.retry_after(queue, &message.handle, *delay).await
+        let url = self.url(queue);
+        let (fresh, mut hide): (Vec<usize>, Vec<usize>) =
+            (0..items.len()).partition(|&i| items[i].0.receive_count >= REFRESH_AFTER_RECEIVES);
+        let mut refusals = Refusals::default();
+        if !fresh.is_empty() {
+            // The copies are sent before the originals are deleted: a failure in between
+            // leaves two copies, which the dispatcher tells apart (never two sends), never
+            // none. An original whose copy was refused is hidden again instead.
+            let bodies: Vec<String> = fresh.iter().map(|&i| items[i].0.body.clone()).collect();
+            let unsent = match self
+                .send_to(url, &bodies, &|j| items[fresh[j]].1, None)
+                .await
+            {
+                Ok(()) => Vec::new(),
+                Err(e) => e.failed,
             };
-            if let Err(e) = result {
-                failed.push(i);
-                problems.push(e.message);
-            }
+            let (copied, refused): (Vec<usize>, Vec<usize>) =
+                (0..fresh.len()).partition(|j| !unsent.contains(j));
+            hide.extend(refused.iter().map(|&j| fresh[j]));
+            hide.sort_unstable();
+            let handles: Vec<String> = copied
+                .iter()
+                .map(|&j| items[fresh[j]].0.handle.clone())
+                .collect();
+            let deleted = self.ack(queue, &handles).await;
+            refusals.add(deleted, |k| fresh[copied[k]]);
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(QueueError {
-                failed,
-                message: problems.join("; "),
-            })
-        }
+        let retries: Vec<(String, Duration)> = hide
+            .iter()
+            .map(|&i| (items[i].0.handle.clone(), items[i].1))
+            .collect();
+        let hidden = self.change_visibility(url, &retries).await;
+        refusals.add(hidden, |k| hide[k]);
+        refusals.into_result()
     }
 
     async fn retry_after(
@@ -372,17 +426,23 @@ impl Queue for SqsQueue {
         handle: &str,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        // Whole seconds, rounded up, so a retry is never seen before it is due.
-        let secs = delay.min(MAX_VISIBILITY).as_millis().div_ceil(1000) as i32;
         self.client
             .change_message_visibility()
             .queue_url(self.url(queue))
             .receipt_handle(handle)
-            .visibility_timeout(secs)
+            .visibility_timeout(visibility_secs(delay))
             .send()
             .await
             .map(|_| ())
             .map_err(|e| all(1, format!("SQS: {}", DisplayErrorContext(&e))))
+    }
+
+    async fn retry_after_many(
+        &self,
+        queue: QueueName,
+        retries: &[(String, Duration)],
+    ) -> Result<(), QueueError> {
+        self.change_visibility(self.url(queue), retries).await
     }
 }
 

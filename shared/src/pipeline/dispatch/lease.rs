@@ -58,7 +58,7 @@ impl Dispatcher {
         }
         let held: Vec<(Message, Duration)> =
             elsewhere.into_iter().map(|w| (w.message, length)).collect();
-        self.hold_messages(held, pass).await;
+        self.hold_messages(held, pass);
         chunk.work = mine;
         Ok(chunk)
     }

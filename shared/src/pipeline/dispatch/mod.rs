@@ -125,6 +125,8 @@ struct Pass {
     report: DispatchReport,
     to_ack: Vec<String>,
     chains: Vec<ChainFrom>,
+    /// Messages to put back for their delays, all in one requeue at the end of the pass.
+    held: Vec<(Message, Duration)>,
 }
 
 impl Pass {
@@ -231,6 +233,7 @@ impl Dispatcher {
                 self.dispatch_group(group, &mut pass).await?;
             }
         }
+        self.requeue(&pass.held, "hold deliveries back").await;
         self.enqueue_chains(&pass.chains).await?;
         self.ack(&pass.to_ack).await;
         Ok(pass.report)
@@ -245,19 +248,22 @@ impl Dispatcher {
         pass: &mut Pass,
     ) -> Result<(), DispatchError> {
         while let Some(chunk) = self.next_chunk(&mut group, pass).await? {
-            let chunk = self.lease(chunk, pass).await?;
+            let mut chunk = self.lease(chunk, pass).await?;
             if chunk.work.is_empty() {
                 continue;
             }
             let ids: Vec<DeliveryId> = chunk.work.iter().map(|w| w.record.id.clone()).collect();
             let records: Vec<&DeliveryRecord> = chunk.work.iter().map(|w| &w.record).collect();
             let calls_before = pass.report.calls;
-            let outcomes = self.send(&records, &mut pass.report).await;
-            let failed = outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
+            let tried = self.send(&records, &mut pass.report).await;
+            let failed = tried
+                .iter()
+                .all(|t| matches!(t.outcome, Outcome::Retry { .. }));
             let recorded = if chunk.probe && failed {
+                let outcomes = settle::log_failed_probe(&mut chunk.work, tried);
                 self.probe_failed(&group, chunk.work, &outcomes, pass).await
             } else {
-                self.settle(chunk.work, outcomes, pass).await
+                self.settle(chunk.work, tried, pass).await
             };
             if let Err(e) = recorded {
                 // Recording releases the leases; when it failed, only a call not made may

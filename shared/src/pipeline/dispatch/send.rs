@@ -4,7 +4,7 @@
 //! Every answer goes through `policy::classify` and feeds the target's breaker.
 
 use super::{DispatchReport, Dispatcher};
-use crate::domain::delivery::{AuthRef, DeliveryRecord, Outcome, Prepared};
+use crate::domain::delivery::{Attempt, AttemptClass, AuthRef, DeliveryRecord, Outcome, Prepared};
 use crate::domain::secret::{basic_header, SeCredentials};
 use crate::domain::smartemailing::Endpoint;
 use crate::policy::classify::{classify, Target, Verdict};
@@ -62,8 +62,52 @@ fn missing_secret(name: &str) -> Outcome {
     permanent(format!("the secret `{name}` is not set"))
 }
 
+/// The call that decided a delivery's outcome, for its attempt log.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(super) struct Call {
+    /// When it started (Unix ms, the dispatcher's clock).
+    at_ms: i64,
+    /// How long it took.
+    duration_ms: u64,
+    /// The target's status code, when it answered.
+    status_code: Option<u16>,
+}
+
+/// What one delivery's attempt came to: its outcome and the call that decided it (none was
+/// made when the request could not be built).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Tried {
+    /// The outcome.
+    pub(super) outcome: Outcome,
+    /// The call.
+    pub(super) call: Call,
+}
+
+impl Tried {
+    /// The attempt as the delivery's log keeps it, classified `class`.
+    pub(super) fn attempt(&self, class: AttemptClass) -> Attempt {
+        let (response, reason) = match &self.outcome {
+            Outcome::Success { response } => (Some(response.clone()), None),
+            Outcome::Retry {
+                reason, response, ..
+            }
+            | Outcome::Permanent {
+                reason, response, ..
+            } => (response.clone(), Some(reason.clone())),
+        };
+        Attempt {
+            at_ms: self.call.at_ms,
+            duration_ms: self.call.duration_ms,
+            status_code: self.call.status_code,
+            response,
+            class,
+            reason,
+        }
+    }
+}
+
 /// A boxed future, so `send` can call itself on the halves of a split chunk.
-type Sending<'a> = Pin<Box<dyn Future<Output = Vec<Outcome>> + Send + 'a>>;
+type Sending<'a> = Pin<Box<dyn Future<Output = Vec<Tried>> + Send + 'a>>;
 
 impl Dispatcher {
     /// The send phase: the outcome of each delivery of `chunk` (which share one bulk key).
@@ -76,10 +120,10 @@ impl Dispatcher {
             let Some(first) = chunk.first() else {
                 return Vec::new();
             };
-            let outcome = match &first.request {
-                None => {
-                    permanent("the delivery has no rendered request; fix the config and replay it")
-                }
+            let tried = match &first.request {
+                None => self.uncalled(permanent(
+                    "the delivery has no rendered request; fix the config and replay it",
+                )),
                 Some(Prepared::SmartEmailing {
                     endpoint, group, ..
                 }) => return self.send_bulk(chunk, *endpoint, group, report).await,
@@ -101,8 +145,17 @@ impl Dispatcher {
                     self.call_http(request, auth.as_ref(), report).await
                 }
             };
-            vec![outcome; chunk.len()]
+            vec![tried; chunk.len()]
         })
+    }
+
+    /// An outcome reached without a call: the attempt is logged now, taking no time.
+    fn uncalled(&self, outcome: Outcome) -> Tried {
+        let call = Call {
+            at_ms: self.ctx.clock.now_ms(),
+            ..Call::default()
+        };
+        Tried { outcome, call }
     }
 
     /// One SmartEmailing bulk call carrying the chunk's items. A 422 on a chunk of several
@@ -113,7 +166,7 @@ impl Dispatcher {
         endpoint: Endpoint,
         group: &Value,
         report: &mut DispatchReport,
-    ) -> Vec<Outcome> {
+    ) -> Vec<Tried> {
         let items = chunk
             .iter()
             .filter_map(|r| match &r.request {
@@ -121,11 +174,11 @@ impl Dispatcher {
                 _ => None,
             })
             .collect();
-        let outcome = self
+        let tried = self
             .call_smartemailing(endpoint, group, items, report)
             .await;
         let one_bad_item = matches!(
-            outcome,
+            tried.outcome,
             Outcome::Permanent {
                 status: Some(422),
                 ..
@@ -137,7 +190,7 @@ impl Dispatcher {
             out.extend(self.send(b, report).await);
             return out;
         }
-        vec![outcome; chunk.len()]
+        vec![tried; chunk.len()]
     }
 
     /// One SmartEmailing call. A 401 reloads the credentials and tries once more; a second
@@ -148,20 +201,26 @@ impl Dispatcher {
         group: &Value,
         items: Vec<Value>,
         report: &mut DispatchReport,
-    ) -> Outcome {
+    ) -> Tried {
         let body = match serde_json::to_vec(&endpoint.body(group, items)) {
             Ok(b) => b,
-            Err(e) => return permanent(format!("cannot encode the SmartEmailing call: {e}")),
+            Err(e) => {
+                return self.uncalled(permanent(format!(
+                    "cannot encode the SmartEmailing call: {e}"
+                )))
+            }
         };
         let mut refreshed = false;
         loop {
             let creds = match self.ctx.credentials.smartemailing().await {
                 Ok(Some(c)) => c,
-                Ok(None) => return retry("SmartEmailing credentials are not configured"),
-                Err(e) => return retry(e.to_string()),
+                Ok(None) => {
+                    return self.uncalled(retry("SmartEmailing credentials are not configured"))
+                }
+                Err(e) => return self.uncalled(retry(e.to_string())),
             };
             let request = self.smartemailing_request(endpoint, &creds, body.clone());
-            let verdict = self
+            let (verdict, call) = self
                 .call(
                     SMARTEMAILING,
                     Target::SmartEmailing,
@@ -170,21 +229,21 @@ impl Dispatcher {
                     report,
                 )
                 .await;
-            match verdict {
-                Verdict::Outcome(outcome) => return outcome,
-                Verdict::Unauthorized { response } if refreshed => {
-                    return Outcome::Permanent {
-                        reason: "SmartEmailing refused the credentials (401) even after they were reloaded; check the SmartEmailing username and API key".into(),
-                        response: Some(response),
-                        status: Some(401),
-                    };
-                }
+            let outcome = match verdict {
+                Verdict::Outcome(outcome) => outcome,
+                Verdict::Unauthorized { response } if refreshed => Outcome::Permanent {
+                    reason: "SmartEmailing refused the credentials (401) even after they were reloaded; check the SmartEmailing username and API key".into(),
+                    response: Some(response),
+                    status: Some(401),
+                },
                 Verdict::Unauthorized { .. } => {
                     tracing::warn!("SmartEmailing answered 401; reloading the credentials and trying once more");
                     self.ctx.credentials.refresh().await;
                     refreshed = true;
+                    continue;
                 }
-            }
+            };
+            return Tried { outcome, call };
         }
     }
 
@@ -220,28 +279,29 @@ impl Dispatcher {
         mut request: HttpRequest,
         auth: Option<&AuthRef>,
         report: &mut DispatchReport,
-    ) -> Outcome {
+    ) -> Tried {
         match self.authorization(auth).await {
             Ok(Some(value)) => request.headers.push(("Authorization".into(), value)),
             Ok(None) => {}
-            Err(outcome) => return outcome,
+            Err(outcome) => return self.uncalled(outcome),
         }
         match self.pin(&request.url).await {
             Ok(pinned) => request.pinned = Some(pinned),
-            Err(outcome) => return outcome,
+            Err(outcome) => return self.uncalled(outcome),
         }
         let target = format!("http:{}", host_of(&request.url));
-        match self
+        let (verdict, call) = self
             .call(&target, Target::Http, request, true, report)
-            .await
-        {
+            .await;
+        let outcome = match verdict {
             Verdict::Outcome(outcome) => outcome,
             Verdict::Unauthorized { response } => Outcome::Permanent {
                 reason: "the endpoint refused the credentials (401)".into(),
                 response: Some(response),
                 status: Some(401),
             },
-        }
+        };
+        Tried { outcome, call }
     }
 
     /// The `Authorization` header a webhook's auth asks for, if any.
@@ -282,7 +342,7 @@ impl Dispatcher {
     /// Makes one call, paced per target, and classifies its answer. The breaker hears of it:
     /// a refused key counts only once confirmed (`auth_confirmed`, after a reload), and then
     /// opens the circuit at once; a permanent 4xx does not count (the target is healthy, the
-    /// request is wrong).
+    /// request is wrong). The call is timed by the dispatcher's clock, after the pacing.
     async fn call(
         &self,
         target: &str,
@@ -290,12 +350,18 @@ impl Dispatcher {
         request: HttpRequest,
         auth_confirmed: bool,
         report: &mut DispatchReport,
-    ) -> Verdict {
+    ) -> (Verdict, Call) {
         self.pacer.wait(target).await;
         report.calls += 1;
+        let at_ms = self.ctx.clock.now_ms();
         let result = self.ctx.transport.send(request).await;
         let verdict = classify(kind, &result, self.ctx.clock.now());
         let now_ms = self.ctx.clock.now_ms();
+        let call = Call {
+            at_ms,
+            duration_ms: (now_ms - at_ms).max(0) as u64,
+            status_code: result.as_ref().ok().map(|r| r.status),
+        };
         match &verdict {
             Verdict::Outcome(Outcome::Success { .. } | Outcome::Permanent { .. }) => {
                 self.breakers.success(target)
@@ -308,7 +374,7 @@ impl Dispatcher {
             }
             Verdict::Unauthorized { .. } => {}
         }
-        verdict
+        (verdict, call)
     }
 }
 

@@ -3,8 +3,9 @@
 //! the answer, and the messages are requeued (retries) or marked for deletion.
 
 use super::chain::ChainFrom;
+use super::send::Tried;
 use super::{DispatchError, DispatchReport, Dispatcher, Pass, Work};
-use crate::domain::delivery::{DeliveryRecord, DeliveryStatus, Outcome};
+use crate::domain::delivery::{AttemptClass, DeliveryRecord, DeliveryStatus, Outcome};
 use crate::ports::queue::Message;
 use std::time::Duration;
 
@@ -41,6 +42,28 @@ fn tally(
     }
 }
 
+/// How an outcome is classified in the attempt log. A retry stays a retry even when the
+/// schedule is spent: the answer said "try again", the policy said "no more".
+fn class_of(outcome: &Outcome) -> AttemptClass {
+    match outcome {
+        Outcome::Success { .. } => AttemptClass::Success,
+        Outcome::Retry { .. } => AttemptClass::Retry,
+        Outcome::Permanent { .. } => AttemptClass::Permanent,
+    }
+}
+
+/// A failed probe's deliveries log the call as a failed probe (it spends no attempt, but the
+/// operator sees it was made); gives back their outcomes, for `probe_failed`.
+pub(super) fn log_failed_probe(work: &mut [Work], tried: Vec<Tried>) -> Vec<Outcome> {
+    work.iter_mut()
+        .zip(tried)
+        .map(|(w, t)| {
+            w.record.push_attempt(t.attempt(AttemptClass::FailedProbe));
+            t.outcome
+        })
+        .collect()
+}
+
 impl Dispatcher {
     /// When a delivery that just failed `outcome` is tried again; `None` when it is not
     /// (sent, dead, or its retries spent).
@@ -65,21 +88,23 @@ impl Dispatcher {
     pub(super) async fn settle(
         &self,
         chunk: Vec<Work>,
-        outcomes: Vec<Outcome>,
+        tried: Vec<Tried>,
         pass: &mut Pass,
     ) -> Result<(), DispatchError> {
         let now = self.ctx.clock.now();
         let mut settled: Vec<(Work, Option<Duration>)> = Vec::with_capacity(chunk.len());
-        for (mut w, outcome) in chunk.into_iter().zip(outcomes) {
-            let mut retry_in = self.retry_in(&w.record, &outcome);
-            w.record.record(&outcome, now, retry_in);
+        for (mut w, t) in chunk.into_iter().zip(tried) {
+            let outcome = &t.outcome;
+            let mut retry_in = self.retry_in(&w.record, outcome);
+            w.record.record(outcome, now, retry_in);
+            w.record.push_attempt(t.attempt(class_of(outcome)));
             if w.record.status == DeliveryStatus::Retrying {
                 if let Some(reason) = self.overdue(&w.record, now.timestamp_millis()) {
                     w.record.give_up(reason);
                     retry_in = None;
                 }
             }
-            tally(&mut pass.report, &w.record, &outcome, retry_in);
+            tally(&mut pass.report, &w.record, outcome, retry_in);
             settled.push((w, retry_in));
         }
         let records: Vec<DeliveryRecord> = settled.iter().map(|(w, _)| w.record.clone()).collect();

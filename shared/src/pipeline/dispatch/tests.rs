@@ -4,7 +4,7 @@ use super::*;
 use crate::adapters::env_credentials::StaticCredentials;
 use crate::adapters::sqlite::SqliteStore;
 use crate::domain::delivery::fixtures::pending;
-use crate::domain::delivery::{DeliveryStatus, Prepared};
+use crate::domain::delivery::{AttemptClass, DeliveryStatus, Prepared};
 use crate::domain::secret::{SeCredentials, Secret, SecretBundle};
 use crate::domain::smartemailing::Endpoint;
 use crate::ports::clock::ManualClock;
@@ -16,11 +16,13 @@ use std::collections::VecDeque;
 
 const NOW_MS: i64 = 1_795_000_000_000;
 
-/// Answers calls from a script (201 once it runs out) and counts them.
+/// Answers calls from a script (201 once it runs out) and counts them; each call takes
+/// `took` on the clock, when set.
 #[derive(Default)]
 struct Script {
     answers: Mutex<VecDeque<u16>>,
     calls: Mutex<Vec<HttpRequest>>,
+    took: Mutex<Option<(Arc<ManualClock>, Duration)>>,
 }
 
 #[async_trait]
@@ -28,6 +30,9 @@ impl Transport for Script {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
         let status = self.answers.lock().unwrap().pop_front().unwrap_or(201);
         self.calls.lock().unwrap().push(request);
+        if let Some((clock, took)) = &*self.took.lock().unwrap() {
+            clock.advance(*took);
+        }
         let body = if status < 300 {
             r#"{"status":"created","meta":[]}"#
         } else {
@@ -292,6 +297,167 @@ async fn an_open_circuit_holds_the_rest_without_spending_attempts() {
         (DeliveryStatus::Pending, 0)
     );
     assert!(stored.next_attempt_at.unwrap() > NOW_MS);
+}
+
+#[tokio::test]
+async fn a_bulk_call_records_one_timed_attempt_on_each_delivery_it_carried() {
+    let b = bench(&[], true);
+    *b.script.took.lock().unwrap() = Some((b.clock.clone(), Duration::from_millis(250)));
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
+    let records: Vec<DeliveryRecord> = (0..50)
+        .map(|n| delivery(n, DeliveryStatus::Pending, None))
+        .collect();
+    let report = b.pass(&d, &records).await;
+    assert_eq!((report.sent, report.calls), (50, 1));
+    for r in &records {
+        let log = b.status(r).await.attempt_log;
+        assert_eq!(log.len(), 1, "{}", r.id);
+        let a = &log[0];
+        assert_eq!((a.at_ms, a.duration_ms), (NOW_MS, 250));
+        assert_eq!((a.status_code, a.class), (Some(201), AttemptClass::Success));
+        assert!(a.response.as_deref().unwrap().starts_with("201 "), "{a:?}");
+        assert_eq!(a.reason, None);
+    }
+}
+
+#[tokio::test]
+async fn a_retry_and_the_success_after_it_are_both_in_the_log_oldest_first() {
+    let b = bench(&[503], true);
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
+    let one = delivery(1, DeliveryStatus::Pending, None);
+    b.pass(&d, std::slice::from_ref(&one)).await;
+    b.clock.advance(Duration::from_secs(15));
+    // The retry's message, requeued for 10 s ±20 %, is due again.
+    let msgs = b
+        .store
+        .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(msgs.len(), 1);
+    d.handle(msgs).await.unwrap();
+    let stored = b.status(&one).await;
+    assert_eq!((stored.status, stored.attempts), (DeliveryStatus::Sent, 2));
+    let log: Vec<_> = stored
+        .attempt_log
+        .iter()
+        .map(|a| (a.at_ms, a.status_code, a.class))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (NOW_MS, Some(503), AttemptClass::Retry),
+            (NOW_MS + 15_000, Some(201), AttemptClass::Success)
+        ]
+    );
+    let reason = stored.attempt_log[0].reason.as_deref().unwrap();
+    assert!(reason.contains("503"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_split_call_logs_each_half_s_own_answer() {
+    let b = bench(&[422, 201, 422], true);
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
+    let (good, bad) = (
+        delivery(1, DeliveryStatus::Pending, None),
+        delivery(2, DeliveryStatus::Pending, None),
+    );
+    b.pass(&d, &[good.clone(), bad.clone()]).await;
+    let good = b.status(&good).await.attempt_log;
+    let bad = b.status(&bad).await.attempt_log;
+    assert_eq!(
+        (good.len(), good[0].status_code, good[0].class),
+        (1, Some(201), AttemptClass::Success)
+    );
+    assert_eq!(
+        (bad.len(), bad[0].status_code, bad[0].class),
+        (1, Some(422), AttemptClass::Permanent)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_probe_is_logged_as_one_without_spending_an_attempt() {
+    let b = bench_opening_after(1, &[503, 503], true);
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
+    let one = delivery(1, DeliveryStatus::Pending, None);
+    b.pass(&d, std::slice::from_ref(&one)).await;
+    // The circuit half-opens; the retry's message is due and is the probe.
+    b.clock.advance(Duration::from_secs(31));
+    let msgs = b
+        .store
+        .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let report = d.handle(msgs).await.unwrap();
+    assert_eq!((report.calls, report.waiting), (1, 1));
+    let stored = b.status(&one).await;
+    assert_eq!(stored.attempts, 1);
+    let log: Vec<_> = stored
+        .attempt_log
+        .iter()
+        .map(|a| (a.at_ms, a.status_code, a.class))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (NOW_MS, Some(503), AttemptClass::Retry),
+            (NOW_MS + 31_000, Some(503), AttemptClass::FailedProbe)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_without_a_request_logs_an_attempt_with_no_call() {
+    let b = bench(&[], true);
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
+    let mut broken = delivery(1, DeliveryStatus::Pending, None);
+    broken.request = None;
+    b.pass(&d, std::slice::from_ref(&broken)).await;
+    let log = b.status(&broken).await.attempt_log;
+    assert_eq!(b.calls(), 0);
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        (log[0].at_ms, log[0].status_code, log[0].class),
+        (NOW_MS, None, AttemptClass::Permanent)
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_held_again_by_a_circuit_still_open_is_not_rewritten_and_comes_back() {
+    let b = bench_opening_after(1, &[503, 503], true);
+    let d = Dispatcher::from_context(b.ctx.clone(), Some(1));
+    let first = delivery(1, DeliveryStatus::Pending, None);
+    b.pass(&d, std::slice::from_ref(&first)).await;
+    let second = delivery(2, DeliveryStatus::Pending, None);
+    b.pass(&d, std::slice::from_ref(&second)).await;
+    let held_until = b.status(&second).await.next_attempt_at.unwrap();
+
+    // The circuit half-opens: the first probes and fails, the second waits once more.
+    b.clock.advance(Duration::from_secs(32));
+    let batch = b
+        .store
+        .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 2, "both deliveries' messages are back");
+    let report = d.handle(batch).await.unwrap();
+    assert_eq!((report.calls, report.waiting), (1, 2));
+    let stored = b.status(&second).await;
+    assert_eq!(
+        (stored.status, stored.attempts, stored.next_attempt_at),
+        (DeliveryStatus::Pending, 0, Some(held_until)),
+        "the second hold moved the message's timer, not the record"
+    );
+
+    // The circuit closes: both are sent, once.
+    b.clock.advance(Duration::from_secs(32));
+    let batch = b
+        .store
+        .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let report = d.handle(batch).await.unwrap();
+    assert_eq!((report.sent, report.calls), (2, 2));
+    assert_eq!(b.status(&second).await.status, DeliveryStatus::Sent);
 }
 
 /// The rule `welcome` (one action), chained to `welcome-2`.

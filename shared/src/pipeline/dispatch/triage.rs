@@ -217,7 +217,7 @@ impl Dispatcher {
                 Triage::Hold(delay) => held.push((message, delay)),
             }
         }
-        self.hold_messages(held, pass).await;
+        self.hold_messages(held, pass);
         Ok(work)
     }
 
@@ -237,8 +237,8 @@ impl Dispatcher {
             Gate::Closed => (group.limit, false),
             Gate::HalfOpen => (1, true),
             Gate::Open { until_ms } => {
-                self.hold_open(std::mem::take(&mut group.rest), until_ms, now_ms, pass)
-                    .await?;
+                let rest = std::mem::take(&mut group.rest);
+                self.hold_open(rest, false, until_ms, now_ms, pass).await?;
                 return Ok(None);
             }
         };
@@ -263,35 +263,51 @@ impl Dispatcher {
             Gate::Open { until_ms } => until_ms,
             Gate::Closed | Gate::HalfOpen => now_ms,
         };
-        self.hold_open(work, until_ms, now_ms, pass).await
+        // The probe's records changed, and their write releases the probe's send lease.
+        self.hold_open(work, true, until_ms, now_ms, pass).await
     }
 
     /// Holds deliveries back while their target's circuit is open: each is due a little
     /// after the circuit half-opens, so they do not all return in the same instant. Those
     /// that have waited longer than `delivery.max_age` are given up instead.
+    ///
+    /// A hold is written only where it changes the stored record: a delivery given up, one
+    /// whose record `changed` since it was read (a failed probe), and the first hold of one
+    /// that had no due time. Every later hold of the same wait only moves its message's
+    /// timer in the queue (one batch call per ten held), so a long outage costs no write per
+    /// held delivery and probe cycle: the stored due time stays an earlier bound, and a
+    /// delivery read past it is sent only if its circuit lets it.
     async fn hold_open(
         &self,
         mut work: Vec<Work>,
+        changed: bool,
         until_ms: i64,
         now_ms: i64,
         pass: &mut Pass,
     ) -> Result<(), DispatchError> {
         let mut held = Vec::with_capacity(work.len());
+        let mut writes = Vec::new();
         for w in &mut work {
+            let first = w.record.next_attempt_at.is_none();
             match self.overdue(&w.record, now_ms) {
                 Some(reason) => {
                     w.record.give_up(reason);
                     held.push(None);
+                    writes.push(w.record.clone());
                 }
                 None => {
                     let due = until_ms + self.draw(0..1000, 0);
                     w.record.next_attempt_at = Some(due);
                     held.push(Some(Duration::from_millis((due - now_ms).max(0) as u64)));
+                    if changed || first {
+                        writes.push(w.record.clone());
+                    }
                 }
             }
         }
-        let records: Vec<DeliveryRecord> = work.iter().map(|w| w.record.clone()).collect();
-        self.ctx.deliveries.save_many(&records).await?;
+        if !writes.is_empty() {
+            self.ctx.deliveries.save_many(&writes).await?;
+        }
         let mut messages = Vec::with_capacity(work.len());
         for (w, hold) in work.into_iter().zip(held) {
             match hold {
@@ -302,21 +318,19 @@ impl Dispatcher {
                 }
             }
         }
-        self.hold_messages(messages, pass).await;
+        self.hold_messages(messages, pass);
         Ok(())
     }
 
-    /// Hides messages again for their delays, without spending an attempt; if the queue
-    /// fails, they are seen again after the pass's visibility timeout and held once more.
-    pub(super) async fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
-        if held.is_empty() {
-            return;
-        }
+    /// Hides messages again for their delays, without spending an attempt, in one requeue
+    /// with the pass's other holds at its end; if the queue fails, they are seen again
+    /// after the pass's visibility timeout and held once more.
+    pub(super) fn hold_messages(&self, held: Vec<(Message, Duration)>, pass: &mut Pass) {
         pass.report.waiting += held.len();
         pass.report
             .retried_handles
             .extend(held.iter().map(|(m, _)| m.handle.clone()));
-        self.requeue(&held, "hold deliveries back").await;
+        pass.held.extend(held);
     }
 }
 
