@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_smartemailing;
+pub mod webdriver;
 
 #[allow(unused_imports)]
 pub use fake_smartemailing::{FakeSmartEmailing, Fault};

@@ -5,6 +5,7 @@
 
 mod auth;
 mod body;
+mod console;
 pub mod error;
 mod manage;
 pub mod metrics;

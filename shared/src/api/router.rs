@@ -84,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/webhooks/smartemailing/{token}",
             post(post_smartemailing_webhook_by_token),
         )
+        .merge(super::console::routes())
         .merge(api)
         .merge(super::manage::routes(state.clone()))
         .merge(super::metrics::routes(state.clone()))
