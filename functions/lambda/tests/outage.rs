@@ -19,7 +19,6 @@ mod support;
 mod fake_smartemailing;
 
 use axum::body::Body;
-use axum::extract::State;
 use fake_smartemailing::{FakeSmartEmailing, Fault};
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::inbound;
@@ -36,6 +35,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::proxy::RequestLog;
 use support::{fixture, repo_root, secret_json, sqs_event, Emulator};
 use tower::ServiceExt;
 
@@ -93,16 +93,11 @@ struct VisibilityCall {
 }
 
 struct ProxyState {
-    upstream: String,
-    client: reqwest::Client,
     clock: Arc<ManualClock>,
     calls: Arc<Mutex<Vec<VisibilityCall>>>,
     /// Messages sent with a delay: their body and when (on the fixed clock) SQS would first
     /// show them. The proxy sends them undelayed; the fake event source mapping hides them.
     delayed: Arc<Mutex<Vec<(String, i64)>>>,
-    /// Every AWS request the functions made, by operation (`x-amz-target`): the count and
-    /// the time moto took.
-    requests: Arc<Mutex<HashMap<String, (usize, Duration)>>>,
 }
 
 /// Applies `one` to each entry of an SQS JSON request (the `Entries` of a batch call, or the
@@ -160,88 +155,19 @@ impl ProxyState {
     }
 }
 
-async fn forward(
-    State(s): State<Arc<ProxyState>>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
-    let (parts, body) = request.into_parts();
-    let mut bytes = axum::body::to_bytes(body, 16 << 20)
-        .await
-        .unwrap_or_default()
-        .to_vec();
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    assert!(
-        !parts
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .contains("x-www-form-urlencoded"),
-        "the proxy reads SQS's JSON protocol only"
-    );
-    if target.starts_with("AmazonSQS.ChangeMessageVisibility") {
-        bytes = s.intercept(&bytes);
-    }
-    if target.starts_with("AmazonSQS.SendMessage") {
-        bytes = s.intercept_delays(&bytes);
-    }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let operation = target.to_string();
-    let started = std::time::Instant::now();
-    let mut out = s
-        .client
-        .request(parts.method.clone(), format!("{}{path}", s.upstream));
-    for (k, v) in &parts.headers {
-        if k != axum::http::header::HOST && k != axum::http::header::CONTENT_LENGTH {
-            out = out.header(k, v);
+/// Starts the proxy in front of the emulator with the SQS clock's rewrites; returns its URL.
+async fn start_proxy(state: ProxyState, requests: RequestLog) -> String {
+    let state = Arc::new(state);
+    let rewrite: support::proxy::Rewrite = Arc::new(move |target, bytes| {
+        if target.starts_with("AmazonSQS.ChangeMessageVisibility") {
+            state.intercept(&bytes)
+        } else if target.starts_with("AmazonSQS.SendMessage") {
+            state.intercept_delays(&bytes)
+        } else {
+            bytes
         }
-    }
-    let answer = out
-        .body(bytes)
-        .send()
-        .await
-        .expect("moto answers the proxy");
-    {
-        let mut requests = s.requests.lock().unwrap();
-        let entry = requests.entry(operation).or_default();
-        entry.0 += 1;
-        entry.1 += started.elapsed();
-    }
-    let mut response = axum::response::Response::builder().status(answer.status());
-    for (k, v) in answer.headers() {
-        if k != axum::http::header::CONTENT_LENGTH && k != axum::http::header::TRANSFER_ENCODING {
-            response = response.header(k, v);
-        }
-    }
-    response
-        .body(Body::from(answer.bytes().await.unwrap_or_default()))
-        .unwrap()
-}
-
-/// Starts the proxy in front of the emulator; returns its URL.
-async fn start_proxy(
-    clock: Arc<ManualClock>,
-    calls: Arc<Mutex<Vec<VisibilityCall>>>,
-    delayed: Arc<Mutex<Vec<(String, i64)>>>,
-    requests: Arc<Mutex<HashMap<String, (usize, Duration)>>>,
-) -> String {
-    let state = Arc::new(ProxyState {
-        upstream: support::endpoint().trim_end_matches('/').to_string(),
-        client: reqwest::Client::new(),
-        clock,
-        calls,
-        delayed,
-        requests,
     });
-    let app = axum::Router::new().fallback(forward).with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    support::proxy::start_proxy(requests, rewrite).await
 }
 
 // ---------------------------------------------------------------- the pipeline
@@ -273,8 +199,8 @@ struct Pipeline {
     dispatch: DispatchHandler,
     calls: Arc<Mutex<Vec<VisibilityCall>>>,
     delayed: Arc<Mutex<Vec<(String, i64)>>>,
-    /// The functions' AWS requests, by operation (see `ProxyState::requests`).
-    requests: Arc<Mutex<HashMap<String, (usize, Duration)>>>,
+    /// Every AWS request the functions made.
+    requests: RequestLog,
     /// How many batches the dispatch function was handed.
     invocations: usize,
     absorbed: usize,
@@ -293,14 +219,13 @@ impl Pipeline {
         let clock = Arc::new(ManualClock::at_ms(START_MS));
         let calls = Arc::new(Mutex::new(Vec::new()));
         let delayed = Arc::new(Mutex::new(Vec::new()));
-        let requests = Arc::new(Mutex::new(HashMap::new()));
-        let proxy = start_proxy(
-            clock.clone(),
-            calls.clone(),
-            delayed.clone(),
-            requests.clone(),
-        )
-        .await;
+        let requests = RequestLog::default();
+        let state = ProxyState {
+            clock: clock.clone(),
+            calls: calls.clone(),
+            delayed: delayed.clone(),
+        };
+        let proxy = start_proxy(state, requests.clone()).await;
         let emu = Emulator::start(&secret_json(Some((SE_USER, SE_KEY)))).await;
         let config =
             Config::parse(&rules.replace("BASE_URL", &fake.base_url()), "outage rules").unwrap();
@@ -563,9 +488,7 @@ impl Pipeline {
     /// Prints the functions' AWS requests since the last report, by operation, per dispatch
     /// invocation (a measurement for CI time and issue 16's cost table), and starts again.
     fn report_requests(&mut self, phase: &str) {
-        let mut requests = self.requests.lock().unwrap();
-        let mut rows: Vec<_> = requests.drain().collect();
-        rows.sort();
+        let rows = self.requests.drain_by_operation();
         let total: usize = rows.iter().map(|(_, (n, _))| n).sum();
         let spent: Duration = rows.iter().map(|(_, (_, t))| *t).sum();
         let per = self.invocations.max(1) as f64;

@@ -3,6 +3,7 @@
 //! `scripts/test` starts at `RELAY_TEST_AWS_ENDPOINT`.
 #![allow(dead_code)]
 
+pub mod proxy;
 mod resources;
 
 // Each test file uses a part of them.
