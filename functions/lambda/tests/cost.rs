@@ -423,6 +423,8 @@ struct Bill {
     /// SQS requests the event source mappings make (receives and batched deletes), modelled.
     sqs_mapping_requests: f64,
     secrets_requests: f64,
+    /// The write units by operation and kind of item (`PutItem DELIVERY`): the profile.
+    writes_by: BTreeMap<String, f64>,
 }
 
 impl Bill {
@@ -448,6 +450,11 @@ impl Bill {
             sqs_requests: self.sqs_requests / n,
             sqs_mapping_requests: self.sqs_mapping_requests / n,
             secrets_requests: self.secrets_requests / n,
+            writes_by: self
+                .writes_by
+                .iter()
+                .map(|(k, v)| (k.clone(), v / n))
+                .collect(),
         }
     }
 }
@@ -580,6 +587,18 @@ fn dynamodb_units(
     }
 }
 
+/// A write's operation and the kind of item it writes (its `pk` up to `#`).
+fn write_kind(r: &Recorded) -> String {
+    let text = String::from_utf8_lossy(&r.request);
+    let kind = text
+        .find("\"pk\":{\"S\":\"")
+        .map(|i| &text[i + 11..])
+        .and_then(|rest| rest.split('#').next())
+        .unwrap_or("?");
+    let op = r.operation.trim_start_matches("DynamoDB_20120810.");
+    format!("{op} {kind}")
+}
+
 fn bill(run: &Run) -> Bill {
     let gb = memory_gb();
     let mut b = Bill {
@@ -604,6 +623,9 @@ fn bill(run: &Run) -> Bill {
                 b.dynamodb_requests += 1.0;
                 let (w, rd) = dynamodb_units(r, &run.item_sizes, &mut seen);
                 b.write_units += w;
+                if w > 0.0 {
+                    *b.writes_by.entry(write_kind(r)).or_default() += w;
+                }
                 b.read_units += rd;
             }
             "sqs" => b.sqs_requests += chunks_of_64k(r.request.len().max(r.response.len())),
@@ -634,6 +656,9 @@ fn print_run(s: &Scenario, run: &Run, per: &Bill) {
         );
     }
     eprintln!("  per event: {per:?}");
+    for (k, w) in &per.writes_by {
+        eprintln!("  write units per event, {k:<24} {w:.2}");
+    }
     eprintln!(
         "| {} | {:.2} | {:.2} | {:.4} | {:.2} ({:.2} WRU, {:.2} RRU) | {:.2} + {:.2} | {:.3} | ${:.2} |",
         s.name,
