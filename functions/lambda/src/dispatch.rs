@@ -40,7 +40,9 @@ impl<P: Ports> DispatchHandler<P> {
             // early: it is the scheduled message itself, and the core holds it again.
             .with_queue_delays(QueueDelays::Capped)
             .with_leases(ctx.ports.store.clone())
-            .with_telemetry(ctx.telemetry.clone()),
+            .with_telemetry(ctx.telemetry.clone())
+            // The event source mapping deletes what the answer does not name as failed.
+            .with_acks_by_caller(),
             store: ctx.ports.store.clone(),
             queue: ctx.ports.queue.clone(),
             metrics: Flusher::of(ctx),

@@ -115,6 +115,8 @@ pub struct Dispatcher {
     unrecorded: unrecorded::Unrecorded,
     /// Where calls, circuits and statuses are reported (see `report`).
     telemetry: Arc<Telemetry>,
+    /// Whether the caller deletes the handled messages (`with_acks_by_caller`).
+    caller_acks: bool,
 }
 
 /// A message and the delivery it names.
@@ -200,7 +202,16 @@ impl Dispatcher {
             holder: lease::new_holder(),
             unrecorded: unrecorded::Unrecorded::default(),
             telemetry: Arc::new(Telemetry::new()),
+            caller_acks: false,
         }
+    }
+
+    /// Leaves deleting the handled messages to the caller. Lambda's event source mapping
+    /// deletes every message a handler does not report as failed, so an ack of the pass's
+    /// own would be a second, billed DeleteMessageBatch for the same messages (issue 16).
+    pub fn with_acks_by_caller(mut self) -> Self {
+        self.caller_acks = true;
+        self
     }
 
     /// Reports calls, circuits and statuses to `telemetry` (the process's one recorder).
@@ -291,7 +302,7 @@ impl Dispatcher {
     /// Deletes the messages the pass handled. A failure is harmless: they are seen again and
     /// dropped as duplicates.
     async fn ack(&self, handles: &[String]) {
-        if handles.is_empty() {
+        if handles.is_empty() || self.caller_acks {
             return;
         }
         if let Err(e) = self.ctx.queue.ack(QueueName::Dispatch, handles).await {
