@@ -14,7 +14,6 @@ mod support;
 mod fake_smartemailing;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use axum::body::Body;
 use fake_smartemailing::FakeSmartEmailing;
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::inbound;
@@ -28,8 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::proxy::{start_proxy, unchanged, Recorded, RequestLog};
-use support::{fixture, repo_root, secret_json, sqs_event, Emulator};
-use tower::ServiceExt;
+use support::{repo_root, secret_json, sqs_event, Emulator};
 
 const SE_USER: &str = "shop@example.com";
 const SE_KEY: &str = "se-key-aws-1";
@@ -179,8 +177,7 @@ impl Pipeline {
         let emu = Emulator::start(&secret_json(Some((SE_USER, SE_KEY)))).await;
         let config =
             Config::parse(&rules.replace("BASE_URL", &fake.base_url()), "cost rules").unwrap();
-        let sdk = relay_shared::adapters::aws::emulator_config(&proxy).await;
-        let ctx = Context::new(config, &sdk, &emu.settings, Arc::new(SystemClock));
+        let ctx = emu.context_via(&proxy, config, Arc::new(SystemClock)).await;
         let dispatch =
             DispatchHandler::new(&ctx, Arc::new(ReqwestTransport::new().unwrap()), Some(3));
         Pipeline {
@@ -193,28 +190,14 @@ impl Pipeline {
         }
     }
 
-    /// POST /v1/events through API Gateway's request shape.
+    /// POST /v1/events through API Gateway's request shape, timed as the inbound function.
     async fn post(&self, events: &[Value], run: &mut Run) {
-        let mut request: Value = serde_json::from_str(&fixture("apigw-post-event.json")).unwrap();
-        request["body"] = json!(json!({ "events": events }).to_string());
-        let request = lambda_http::request::from_str(&request.to_string()).unwrap();
-        let (parts, body) = request.into_parts();
         let started = Instant::now();
-        let response = self
-            .app
-            .clone()
-            .oneshot(axum::http::Request::from_parts(
-                parts,
-                Body::from(body.to_vec()),
-            ))
-            .await
-            .unwrap();
-        let took = started.elapsed();
-        assert_eq!(response.status().as_u16(), 202);
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        let answer = support::post_events(&self.app, events).await;
+        run.invocations
+            .entry("inbound")
+            .or_default()
+            .push(started.elapsed());
         assert!(
             answer["results"]
                 .as_array()
@@ -225,7 +208,6 @@ impl Pipeline {
         );
         run.http_requests += 1;
         run.events += events.len();
-        run.invocations.entry("inbound").or_default().push(took);
     }
 
     /// Up to `max` visible messages of a queue, ten to a receive, as the mapping takes them.
@@ -263,35 +245,38 @@ impl Pipeline {
         loop {
             let jobs = self.receive(&render_q, 10).await;
             if !jobs.is_empty() {
-                let started = Instant::now();
-                let response = self.render.handle(sqs_event(&jobs, ARN)).await;
-                run.invocations
-                    .entry("render")
-                    .or_default()
-                    .push(started.elapsed());
-                assert!(response.batch_item_failures.is_empty());
-                self.emu.settle(&render_q, &jobs, &response).await;
-                run.esm_messages.push((jobs.len(), jobs.len()));
-            }
-            if !jobs.is_empty() {
+                self.invoke("render", &render_q, &jobs, run).await;
                 continue;
             }
             let batch = self.receive(&dispatch_q, 100).await;
-            if !batch.is_empty() {
-                let started = Instant::now();
-                let response = self.dispatch.handle(sqs_event(&batch, ARN)).await;
-                run.invocations
-                    .entry("dispatch")
-                    .or_default()
-                    .push(started.elapsed());
-                assert!(response.batch_item_failures.is_empty());
-                self.emu.settle(&dispatch_q, &batch, &response).await;
-                run.esm_messages.push((batch.len(), batch.len()));
-            }
             if batch.is_empty() {
                 return;
             }
+            self.invoke("dispatch", &dispatch_q, &batch, run).await;
         }
+    }
+
+    /// Hands a batch to a function, timed, and deletes it as the event source mapping does.
+    async fn invoke(
+        &self,
+        function: &'static str,
+        queue: &str,
+        batch: &[aws_sdk_sqs::types::Message],
+        run: &mut Run,
+    ) {
+        let event = sqs_event(batch, ARN);
+        let started = Instant::now();
+        let response = match function {
+            "render" => self.render.handle(event).await,
+            _ => self.dispatch.handle(event).await,
+        };
+        run.invocations
+            .entry(function)
+            .or_default()
+            .push(started.elapsed());
+        assert!(response.batch_item_failures.is_empty(), "{function}");
+        self.emu.settle(queue, batch, &response).await;
+        run.esm_messages.push((batch.len(), batch.len()));
     }
 
     /// The table's items by key: their size in DynamoDB JSON and whether gsi2 (which

@@ -18,7 +18,6 @@ mod support;
 #[path = "../../../tests/support/fake_smartemailing.rs"]
 mod fake_smartemailing;
 
-use axum::body::Body;
 use fake_smartemailing::{FakeSmartEmailing, Fault};
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::inbound;
@@ -36,8 +35,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::proxy::RequestLog;
-use support::{fixture, repo_root, secret_json, sqs_event, Emulator};
-use tower::ServiceExt;
+use support::{repo_root, secret_json, sqs_event, Emulator};
 
 const SE_USER: &str = "shop@example.com";
 const SE_KEY: &str = "se-key-aws-1";
@@ -229,8 +227,7 @@ impl Pipeline {
         let emu = Emulator::start(&secret_json(Some((SE_USER, SE_KEY)))).await;
         let config =
             Config::parse(&rules.replace("BASE_URL", &fake.base_url()), "outage rules").unwrap();
-        let sdk = relay_shared::adapters::aws::emulator_config(&proxy).await;
-        let ctx = Context::new(config, &sdk, &emu.settings, clock.clone());
+        let ctx = emu.context_via(&proxy, config, clock.clone()).await;
         let dispatch =
             DispatchHandler::new(&ctx, Arc::new(ReqwestTransport::new().unwrap()), Some(7));
         Pipeline {
@@ -263,24 +260,7 @@ impl Pipeline {
 
     /// POST /v1/events through API Gateway's request shape; the answer's results.
     async fn post(&self, events: &[Value]) -> Vec<Value> {
-        let mut request: Value = serde_json::from_str(&fixture("apigw-post-event.json")).unwrap();
-        request["body"] = json!(json!({ "events": events }).to_string());
-        let request = lambda_http::request::from_str(&request.to_string()).unwrap();
-        let (parts, body) = request.into_parts();
-        let response = self
-            .app
-            .clone()
-            .oneshot(axum::http::Request::from_parts(
-                parts,
-                Body::from(body.to_vec()),
-            ))
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 202);
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        let answer = support::post_events(&self.app, events).await;
         answer["results"].as_array().unwrap().clone()
     }
 

@@ -95,6 +95,13 @@ impl Emulator {
         Context::new(config, &self.sdk, &self.settings, clock)
     }
 
+    /// A function context on these resources whose AWS requests go through `proxy` (see
+    /// `proxy::start_proxy`).
+    pub async fn context_via(&self, proxy: &str, config: Config, clock: Arc<dyn Clock>) -> Context {
+        let sdk = relay_shared::adapters::aws::emulator_config(proxy).await;
+        Context::new(config, &sdk, &self.settings, clock)
+    }
+
     /// Every message waiting in a queue (received, so hidden for 30 s).
     pub async fn receive_all(&self, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
         let mut out = Vec::new();
@@ -200,6 +207,29 @@ impl Emulator {
             .unwrap_or_default();
         attrs.values().filter_map(|v| v.parse::<usize>().ok()).sum()
     }
+}
+
+/// POST /v1/events with `events` through API Gateway's request shape; the answer, which
+/// must be a 202.
+pub async fn post_events(app: &axum::Router, events: &[Value]) -> Value {
+    use tower::ServiceExt;
+    let mut request: Value = serde_json::from_str(&fixture("apigw-post-event.json")).unwrap();
+    request["body"] = json!(json!({ "events": events }).to_string());
+    let request = lambda_http::request::from_str(&request.to_string()).unwrap();
+    let (parts, body) = request.into_parts();
+    let response = app
+        .clone()
+        .oneshot(axum::http::Request::from_parts(
+            parts,
+            axum::body::Body::from(body.to_vec()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 /// The messages as Lambda's SQS event source hands them to a function.
