@@ -16,10 +16,8 @@ mod fake_smartemailing;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use fake_smartemailing::FakeSmartEmailing;
 use relay_lambda::dispatch::DispatchHandler;
-use relay_lambda::inbound;
 use relay_lambda::render::RenderHandler;
 use relay_lambda::Context;
-use relay_shared::adapters::reqwest::ReqwestTransport;
 use relay_shared::ports::clock::SystemClock;
 use relay_shared::rules::config::Config;
 use serde_json::{json, Value};
@@ -63,7 +61,8 @@ mod price {
     pub const SECRETS: f64 = 0.05 / 10_000.0;
 }
 
-const WELCOME_RULES: &str = r#"
+/// What both rule sets share: the fake SmartEmailing, fast retries, no pacing.
+const DELIVERY: &str = r#"
 smartemailing:
   base_url: BASE_URL
 delivery:
@@ -71,6 +70,9 @@ delivery:
   retry_schedule: [1s, 1s, 1s]
   batch_window: 10ms
   max_requests_per_second: 100000
+"#;
+
+const WELCOME_RULES: &str = r#"
 rules:
   - name: welcome
     on: [contact.created]
@@ -82,13 +84,6 @@ rules:
 "#;
 
 const ORDER_RULES: &str = r#"
-smartemailing:
-  base_url: BASE_URL
-delivery:
-  timeout: 5s
-  retry_schedule: [1s, 1s, 1s]
-  batch_window: 10ms
-  max_requests_per_second: 100000
 rules:
   - name: order-status
     on: [order.status_changed]
@@ -175,14 +170,13 @@ impl Pipeline {
         let log = RequestLog::default();
         let proxy = start_proxy(log.clone(), unchanged()).await;
         let emu = Emulator::start(&secret_json(Some((SE_USER, SE_KEY)))).await;
-        let config =
-            Config::parse(&rules.replace("BASE_URL", &fake.base_url()), "cost rules").unwrap();
+        let text = format!("{DELIVERY}{rules}").replace("BASE_URL", &fake.base_url());
+        let config = Config::parse(&text, "cost rules").unwrap();
         let ctx = emu.context_via(&proxy, config, Arc::new(SystemClock)).await;
-        let dispatch =
-            DispatchHandler::new(&ctx, Arc::new(ReqwestTransport::new().unwrap()), Some(3));
+        let (app, render, dispatch) = support::functions(&ctx, 3);
         Pipeline {
-            app: inbound::router(&ctx),
-            render: RenderHandler::new(&ctx),
+            app,
+            render,
             dispatch,
             ctx,
             emu,

@@ -20,10 +20,8 @@ mod fake_smartemailing;
 
 use fake_smartemailing::{FakeSmartEmailing, Fault};
 use relay_lambda::dispatch::DispatchHandler;
-use relay_lambda::inbound;
 use relay_lambda::render::RenderHandler;
 use relay_lambda::Context;
-use relay_shared::adapters::reqwest::ReqwestTransport;
 use relay_shared::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus};
 use relay_shared::domain::event::EventId;
 use relay_shared::ports::clock::{Clock, ManualClock};
@@ -228,11 +226,10 @@ impl Pipeline {
         let config =
             Config::parse(&rules.replace("BASE_URL", &fake.base_url()), "outage rules").unwrap();
         let ctx = emu.context_via(&proxy, config, clock.clone()).await;
-        let dispatch =
-            DispatchHandler::new(&ctx, Arc::new(ReqwestTransport::new().unwrap()), Some(7));
+        let (app, render, dispatch) = support::functions(&ctx, 7);
         Pipeline {
-            app: inbound::router(&ctx),
-            render: RenderHandler::new(&ctx),
+            app,
+            render,
             dispatch,
             ctx,
             emu,

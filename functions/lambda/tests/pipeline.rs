@@ -8,7 +8,6 @@ mod support;
 #[path = "../../../tests/support/fake_smartemailing.rs"]
 mod fake_smartemailing;
 
-use axum::body::Body;
 use fake_smartemailing::{FakeSmartEmailing, Fault};
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::inbound;
@@ -24,7 +23,6 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use support::{fixture, secret_json, sqs_event, Emulator};
-use tower::ServiceExt;
 
 const SE_USER: &str = "shop@example.com";
 const SE_KEY: &str = "se-key-aws-1";
@@ -58,21 +56,8 @@ rules:
 }
 
 async fn post_fixture(app: &axum::Router) -> Value {
-    let request = lambda_http::request::from_str(&fixture("apigw-post-event.json")).unwrap();
-    let (parts, body) = request.into_parts();
-    let response = app
-        .clone()
-        .oneshot(axum::http::Request::from_parts(
-            parts,
-            Body::from(body.to_vec()),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+    let request: Value = serde_json::from_str(&fixture("apigw-post-event.json")).unwrap();
+    support::post_request(app, &request).await
 }
 
 #[tokio::test]

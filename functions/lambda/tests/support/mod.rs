@@ -14,8 +14,11 @@ pub use resources::{
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use relay_lambda::dispatch::DispatchHandler;
+use relay_lambda::render::RenderHandler;
 use relay_lambda::Context;
 use relay_shared::adapters::aws::{AwsSettings, SdkConfig};
+use relay_shared::adapters::reqwest::ReqwestTransport;
 use relay_shared::ports::clock::Clock;
 use relay_shared::rules::config::Config;
 use serde_json::{json, Value};
@@ -209,12 +212,29 @@ impl Emulator {
     }
 }
 
+/// The three functions a test drives on `ctx`: the inbound router, render and dispatch
+/// (calling SmartEmailing over real HTTP, jitter seeded by `seed`).
+pub fn functions(ctx: &Context, seed: u64) -> (axum::Router, RenderHandler, DispatchHandler) {
+    let transport = Arc::new(ReqwestTransport::new().expect("an HTTP client"));
+    (
+        relay_lambda::inbound::router(ctx),
+        RenderHandler::new(ctx),
+        DispatchHandler::new(ctx, transport, Some(seed)),
+    )
+}
+
 /// POST /v1/events with `events` through API Gateway's request shape; the answer, which
 /// must be a 202.
 pub async fn post_events(app: &axum::Router, events: &[Value]) -> Value {
-    use tower::ServiceExt;
     let mut request: Value = serde_json::from_str(&fixture("apigw-post-event.json")).unwrap();
     request["body"] = json!(json!({ "events": events }).to_string());
+    post_request(app, &request).await
+}
+
+/// Hands an API Gateway request (its JSON, as `events/aws/` has them) to the inbound router;
+/// the answer, which must be a 202.
+pub async fn post_request(app: &axum::Router, request: &Value) -> Value {
+    use tower::ServiceExt;
     let request = lambda_http::request::from_str(&request.to_string()).unwrap();
     let (parts, body) = request.into_parts();
     let response = app
