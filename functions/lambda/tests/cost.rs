@@ -17,7 +17,6 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use fake_smartemailing::FakeSmartEmailing;
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::render::RenderHandler;
-use relay_lambda::Context;
 use relay_shared::ports::clock::SystemClock;
 use relay_shared::rules::config::Config;
 use serde_json::{json, Value};
@@ -119,26 +118,24 @@ struct Scenario {
 }
 
 fn welcome_event(i: usize) -> Value {
-    let mut e: Value =
-        serde_json::from_str(&std::fs::read_to_string(event_file("contact.created")).unwrap())
-            .unwrap();
+    let mut e = sample("contact.created");
     e["id"] = json!(format!("cost-welcome-{i}"));
     e["contact"]["email"] = json!(format!("c{i}@example.com"));
     e
 }
 
 fn order_event(i: usize) -> Value {
-    let mut e: Value =
-        serde_json::from_str(&std::fs::read_to_string(event_file("order.status_changed")).unwrap())
-            .unwrap();
+    let mut e = sample("order.status_changed");
     e["id"] = json!(format!("cost-order-{i}"));
     e["contact"]["email"] = json!(format!("o{i}@example.com"));
     e["data"]["order_id"] = json!(format!("A-{i}"));
     e
 }
 
-fn event_file(name: &str) -> std::path::PathBuf {
-    repo_root().join("events").join(format!("{name}.json"))
+/// A sample event of `events/`.
+fn sample(name: &str) -> Value {
+    let path = repo_root().join("events").join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// What one scenario did: the functions' requests and what the test did as API Gateway and
@@ -152,13 +149,13 @@ struct Run {
     /// Messages each event source mapping handed over and deleted: (received, deleted).
     esm_messages: Vec<(usize, usize)>,
     requests: Vec<Recorded>,
-    /// The table's items at the end, by key, and their size in DynamoDB JSON.
+    /// The table's items at the end, by key: their size as DynamoDB counts it, and whether
+    /// gsi2 holds them.
     item_sizes: HashMap<(String, String), (usize, bool)>,
 }
 
 struct Pipeline {
     emu: Emulator,
-    ctx: Context,
     app: axum::Router,
     render: RenderHandler,
     dispatch: DispatchHandler,
@@ -178,7 +175,6 @@ impl Pipeline {
             app,
             render,
             dispatch,
-            ctx,
             emu,
             log,
         }
@@ -347,7 +343,6 @@ async fn measure(s: &Scenario) -> Run {
     );
     assert_eq!(p.emu.depth(&p.emu.settings.render_queue_url).await, 0);
     assert_eq!(p.emu.depth(&p.emu.settings.dispatch_queue_url).await, 0);
-    drop(p.ctx);
     run
 }
 
