@@ -324,6 +324,15 @@ async fn a_bulk_call_records_one_timed_attempt_on_each_delivery_it_carried() {
     }
 }
 
+/// A delivery's attempt log as (when, status code, class).
+fn log_of(record: &DeliveryRecord) -> Vec<(i64, Option<u16>, AttemptClass)> {
+    record
+        .attempt_log
+        .iter()
+        .map(|a| (a.at_ms, a.status_code, a.class))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_retry_and_the_success_after_it_are_both_in_the_log_oldest_first() {
     let b = bench(&[503], true);
@@ -337,13 +346,8 @@ async fn a_retry_and_the_success_after_it_are_both_in_the_log_oldest_first() {
     d.handle(msgs).await.unwrap();
     let stored = b.status(&one).await;
     assert_eq!((stored.status, stored.attempts), (DeliveryStatus::Sent, 2));
-    let log: Vec<_> = stored
-        .attempt_log
-        .iter()
-        .map(|a| (a.at_ms, a.status_code, a.class))
-        .collect();
     assert_eq!(
-        log,
+        log_of(&stored),
         vec![
             (NOW_MS, Some(503), AttemptClass::Retry),
             (NOW_MS + 15_000, Some(201), AttemptClass::Success)
@@ -387,13 +391,8 @@ async fn a_failed_probe_is_logged_as_one_without_spending_an_attempt() {
     assert_eq!((report.calls, report.waiting), (1, 1));
     let stored = b.status(&one).await;
     assert_eq!(stored.attempts, 1);
-    let log: Vec<_> = stored
-        .attempt_log
-        .iter()
-        .map(|a| (a.at_ms, a.status_code, a.class))
-        .collect();
     assert_eq!(
-        log,
+        log_of(&stored),
         vec![
             (NOW_MS, Some(503), AttemptClass::Retry),
             (NOW_MS + 31_000, Some(503), AttemptClass::FailedProbe)
