@@ -6,6 +6,8 @@
 //! - `security`: checks on untrusted input and on where the relay may send;
 //! - `rules`: the config, its templates, and rendering an event into frozen requests;
 //! - `ports`: the traits the pipeline needs from the outside world;
+//! - `telemetry`: the one recorder the process reports into (`GET /metrics`, the functions'
+//!   CloudWatch metrics, the status route's targets);
 //! - `pipeline`: the steps — inbound, render, dispatch — and the birthday run;
 //! - `api`: the HTTP router shared by `relay serve` and the inbound Lambda;
 //! - `adapters`: the ports' implementations (SQLite, AWS, reqwest, the environment);

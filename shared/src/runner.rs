@@ -9,7 +9,7 @@ use crate::ports::clock::Clock;
 use crate::ports::queue::QueueName;
 use crate::ports::{Credentials, Queue, StoreError, StoreHealth, Transport};
 use crate::rules::config::Config;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{StoreGauges, Telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,11 +93,18 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         dispatch: Arc::new(Notify::new()),
     };
     let (stop, stop_rx) = watch::channel(false);
-    // One recorder for the process: the dispatcher reports into it, the API reads it.
-    let telemetry = Arc::new(Telemetry::new());
+    // One recorder for the process: the API, the inbound step and the workers report into
+    // it; `/metrics` and `/v1/status` read it.
+    let gauges = StoreGauges {
+        queue: shared.clone(),
+        deliveries: shared.clone(),
+    };
+    let telemetry = Arc::new(Telemetry::for_config(&opts.config).with_gauges(Arc::new(gauges)));
     let state = Arc::new(AppState {
         config: opts.config.clone(),
-        inbound: inbound(&opts, &shared, &wakes.render).with_atomic(shared.clone()),
+        inbound: inbound(&opts, &shared, &wakes.render)
+            .with_atomic(shared.clone())
+            .with_telemetry(telemetry.clone()),
         events: shared.clone(),
         deliveries: shared.clone(),
         credentials: opts.credentials.clone(),
@@ -110,7 +117,7 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         platform: Platform::Local,
     });
     let server = tokio::spawn(serve_api(listener, state, stop_rx));
-    let workers = spawn_workers(&opts, &store, &wakes, &stop);
+    let workers = spawn_workers(&opts, &store, &wakes, &stop, &telemetry);
     Ok(Relay {
         addr,
         store,
@@ -144,6 +151,7 @@ fn spawn_workers(
     store: &SqliteStore,
     wakes: &Wakes,
     stop: &watch::Sender<bool>,
+    telemetry: &Arc<Telemetry>,
 ) -> Vec<JoinHandle<()>> {
     let shared = Arc::new(store.clone());
     let render = RenderStep::new(
@@ -156,7 +164,8 @@ fn spawn_workers(
         },
         opts.clock.clone(),
         Some(wakes.dispatch.clone()),
-    );
+    )
+    .with_telemetry(telemetry.clone());
     let dispatcher = Dispatcher::new(
         opts.config.clone(),
         shared.clone(),
@@ -166,7 +175,8 @@ fn spawn_workers(
         opts.transport.clone(),
         opts.clock.clone(),
         opts.seed,
-    );
+    )
+    .with_telemetry(telemetry.clone());
     let tick = opts
         .poll_interval
         .max(Duration::from_millis(10))
@@ -190,7 +200,7 @@ fn spawn_workers(
         tokio::spawn(birthday_loop(
             opts.config.clone(),
             store.clone(),
-            inbound(opts, &shared, &wakes.render),
+            inbound(opts, &shared, &wakes.render).with_telemetry(telemetry.clone()),
             opts.clock.clone(),
             stop.subscribe(),
             tick,

@@ -14,6 +14,7 @@ use relay_shared::ports::{
     TimerStore,
 };
 use relay_shared::rules::config::{Config, ConfigError};
+use relay_shared::telemetry::Telemetry;
 use std::sync::Arc;
 
 /// A family of adapters, named by the types of its store, queue and credentials.
@@ -86,6 +87,8 @@ pub struct Context<P: Ports = Aws> {
     pub ports: Adapters<P>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// The container's one recorder; each invocation writes what it added (`metrics`).
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Parses a config and applies the environment's `SMARTEMAILING_API_URL`, as `relay serve` does.
@@ -103,6 +106,7 @@ impl<P: Ports> Context<P> {
     /// Wires a config to adapters and a clock.
     pub fn with_ports(config: Config, ports: Adapters<P>, clock: Arc<dyn Clock>) -> Self {
         Self {
+            telemetry: Arc::new(Telemetry::for_config(&config)),
             config: Arc::new(config),
             ports,
             clock,

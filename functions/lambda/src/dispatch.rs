@@ -4,6 +4,7 @@
 //! it; a dead one goes to the dispatch dead-letter queue with the reason.
 
 use crate::context::{Aws, Context, Ports};
+use crate::metrics::Flusher;
 use crate::render::message;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use relay_shared::domain::delivery::DeliveryId;
@@ -18,6 +19,7 @@ pub struct DispatchHandler<P: Ports = Aws> {
     dispatcher: Dispatcher,
     store: Arc<P::Store>,
     queue: Arc<P::Queue>,
+    metrics: Flusher,
 }
 
 impl<P: Ports> DispatchHandler<P> {
@@ -37,15 +39,18 @@ impl<P: Ports> DispatchHandler<P> {
             // SQS hides a message for 12 hours at most, so a retry due later comes back
             // early: it is the scheduled message itself, and the core holds it again.
             .with_queue_delays(QueueDelays::Capped)
-            .with_leases(ctx.ports.store.clone()),
+            .with_leases(ctx.ports.store.clone())
+            .with_telemetry(ctx.telemetry.clone()),
             store: ctx.ports.store.clone(),
             queue: ctx.ports.queue.clone(),
+            metrics: Flusher::of(ctx),
         }
     }
 
     /// Handles one batch; the answer names the messages SQS should keep (retries, and all
     /// of them when the store failed).
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let _metrics = self.metrics.on_exit();
         let mut response = SqsBatchResponse::default();
         let mut ids_by_handle: HashMap<String, String> = HashMap::new();
         let mut messages: Vec<Message> = Vec::with_capacity(event.records.len());

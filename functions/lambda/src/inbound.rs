@@ -3,7 +3,6 @@
 use crate::context::{Context, Ports};
 use relay_shared::api::router::{router as api_router, AppState, Platform, DEFAULT_BODY_LIMIT};
 use relay_shared::pipeline::inbound::Inbound;
-use relay_shared::telemetry::Telemetry;
 use std::sync::Arc;
 
 /// The shared router on a function's adapters (on AWS: events claimed in DynamoDB, render
@@ -21,7 +20,8 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         // SQS takes at most 256 KiB a message; leave room for the job's envelope.
         .with_max_message_bytes(250 * 1024)
         // The event records' TTL: the idempotency window, as `relay serve`'s.
-        .with_event_retention(ctx.config.retention.events.get()),
+        .with_event_retention(ctx.config.retention.events.get())
+        .with_telemetry(ctx.telemetry.clone()),
         events: store.clone(),
         deliveries: store,
         credentials: ctx.ports.credentials.clone(),
@@ -31,10 +31,11 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         // DynamoDB is watched by its own alarms; the router has no local store to report.
         store_health: None,
         queue: ctx.ports.queue.clone(),
-        // The inbound container makes no calls to the targets: its recorder stays empty, and
-        // the status route's note says where the targets' health is seen on AWS.
-        telemetry: Arc::new(Telemetry::new()),
+        // The container's recorder: the inbound step counts events into it, written as
+        // CloudWatch metrics after each request. It makes no calls to the targets, so the
+        // status route's note says where the targets' health is seen on AWS.
+        telemetry: ctx.telemetry.clone(),
         platform: Platform::Aws,
     };
-    api_router(Arc::new(state))
+    crate::metrics::Flusher::of(ctx).around(api_router(Arc::new(state)))
 }

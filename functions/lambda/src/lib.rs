@@ -7,6 +7,7 @@
 pub mod context;
 pub mod dispatch;
 pub mod inbound;
+pub mod metrics;
 pub mod render;
 pub mod scheduler;
 

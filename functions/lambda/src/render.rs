@@ -5,6 +5,7 @@
 //! goes to the render dead-letter queue with the reason.
 
 use crate::context::{Aws, Context, Ports};
+use crate::metrics::Flusher;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use relay_shared::domain::delivery::{DeliveryRecord, DeliveryStatus};
 use relay_shared::pipeline::render::{RenderError, RenderPorts, RenderResult, RenderStep};
@@ -29,6 +30,7 @@ pub fn message(record: &SqsMessage) -> Message {
 pub struct RenderHandler<P: Ports = Aws> {
     step: RenderStep,
     queue: Arc<P::Queue>,
+    metrics: Flusher,
 }
 
 impl<P: Ports> RenderHandler<P> {
@@ -45,13 +47,16 @@ impl<P: Ports> RenderHandler<P> {
                 },
                 ctx.clock.clone(),
                 None,
-            ),
+            )
+            .with_telemetry(ctx.telemetry.clone()),
             queue: ctx.ports.queue.clone(),
+            metrics: Flusher::of(ctx),
         }
     }
 
     /// Handles one batch; the answer names the messages SQS should deliver again.
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let _metrics = self.metrics.on_exit();
         let messages: Vec<Message> = event.records.iter().map(message).collect();
         let mut response = SqsBatchResponse::default();
         // The jobs to dead-letter: the message's id and the letter.

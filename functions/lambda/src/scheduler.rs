@@ -4,6 +4,7 @@
 //! hidden again when read early).
 
 use crate::context::{Aws, Context, Ports};
+use crate::metrics::Flusher;
 use relay_shared::pipeline::birthdays::{run_birthdays, BirthdayError, BirthdayReport};
 use relay_shared::pipeline::inbound::Inbound;
 use serde_json::Value;
@@ -80,12 +81,14 @@ impl<P: Ports> SchedulerHandler<P> {
                 ctx.ports.queue.clone(),
                 ctx.clock.clone(),
                 None,
-            ),
+            )
+            .with_telemetry(ctx.telemetry.clone()),
         }
     }
 
     /// Handles one scheduled run.
     pub async fn handle(&self, event: Value) -> Result<RunReport, RunError> {
+        let _metrics = Flusher::of(&self.ctx).on_exit();
         let job = job(&event)?;
         let at = event
             .get("time")

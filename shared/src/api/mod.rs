@@ -8,6 +8,7 @@ mod body;
 mod console;
 pub mod error;
 mod manage;
+pub mod metrics;
 pub mod router;
 pub mod serve;
 mod status;

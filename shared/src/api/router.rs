@@ -87,6 +87,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(super::console::routes())
         .merge(api)
         .merge(super::manage::routes(state.clone()))
+        .merge(super::metrics::routes(state.clone()))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::metrics::count_refusals,
+        ))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -8,6 +8,7 @@ use crate::domain::idempotency::{
 use crate::ports::clock::Clock;
 use crate::ports::queue::{send_jobs, Job, JobError, RenderJob};
 use crate::ports::{AtomicAccept, EventStore, Queue, StoreError};
+use crate::telemetry::{EventOutcome, Telemetry};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +112,7 @@ pub struct Inbound {
     max_message_bytes: Option<usize>,
     atomic: Option<Arc<dyn AtomicAccept>>,
     event_retention: Duration,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Inbound {
@@ -136,7 +138,14 @@ impl Inbound {
             max_message_bytes: None,
             atomic: None,
             event_retention: EVENT_RETENTION,
+            telemetry: None,
         }
+    }
+
+    /// Counts each event's outcome in `telemetry` (`relay_events_total`).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// How long an accepted event's id stays a duplicate (`retention.events`; the default is
@@ -164,12 +173,32 @@ impl Inbound {
             .iter()
             .map(|sub| record_of(sub, now, self.event_retention))
             .collect::<Result<Vec<_>, _>>()?;
-        match &self.atomic {
+        let outcomes = match &self.atomic {
             Some(atomic) => {
                 self.accept_in_one_commit(atomic.as_ref(), &submitted, records, now_ms)
                     .await
             }
             None => self.accept_across_ports(&submitted, records, now_ms).await,
+        }?;
+        self.report(&submitted, &outcomes);
+        Ok(outcomes)
+    }
+
+    /// Logs and counts the outcomes (a refused submission is counted by the API, by its
+    /// code): the first line of an event's story in the logs.
+    fn report(&self, submitted: &[Submitted], outcomes: &[(EventId, Accepted)]) {
+        for (sub, (id, outcome)) in submitted.iter().zip(outcomes) {
+            let kind = sub.event.kind.as_str();
+            tracing::info!(event = %id, event_type = %kind, outcome = %outcome.as_str(), "event received");
+            let Some(telemetry) = &self.telemetry else {
+                continue;
+            };
+            let outcome = match outcome {
+                Accepted::Accepted => EventOutcome::Accepted,
+                Accepted::Duplicate => EventOutcome::Duplicate,
+                Accepted::Failed => EventOutcome::Failed,
+            };
+            telemetry.record_event(kind, outcome);
         }
     }
 

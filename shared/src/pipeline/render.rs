@@ -9,6 +9,7 @@ use crate::ports::queue::{send_jobs, DispatchJob, Message, RenderJob};
 use crate::ports::{ContactStore, DeliveryStore, Queue, QueueError, StoreError, TimerStore};
 use crate::rules::config::Config;
 use crate::rules::render::{render_event, NotRendered};
+use crate::telemetry::Telemetry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub struct RenderStep {
     wake: Option<Arc<Notify>>,
     timers: Arc<dyn TimerStore>,
     contacts: Arc<dyn ContactStore>,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 /// The ports the render step writes to.
@@ -77,7 +79,14 @@ impl RenderStep {
             wake,
             timers: ports.timers,
             contacts: ports.contacts,
+            telemetry: None,
         }
+    }
+
+    /// Counts each stored delivery's first status in `telemetry` (`relay_deliveries_total`).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Renders one job: stores its deliveries (a repeat finds them stored and changes
@@ -103,6 +112,7 @@ impl RenderStep {
             rendered.extend(self.records_for(job, now).into_iter().map(|r| (*i, r)));
         }
         let stored = self.store(&rendered).await?;
+        self.count(&stored);
         let owner: HashMap<&DeliveryId, usize> =
             rendered.iter().map(|(i, r)| (&r.id, *i)).collect();
         self.hold_timers(&stored, &owner, &jobs, now.timestamp_millis())
@@ -121,6 +131,16 @@ impl RenderStep {
                 None => RenderResult::Done(mine.remove(&i).unwrap_or_default()),
             })
             .collect())
+    }
+
+    /// Counts the deliveries a pass stored, each in its first status (a job rendered again
+    /// counts them again: rare, after a crash between the write and the ack).
+    fn count(&self, stored: &[DeliveryRecord]) {
+        if let Some(t) = &self.telemetry {
+            for r in stored {
+                t.record_delivery(&r.rule, &r.action, r.status);
+            }
+        }
     }
 
     /// What an event's arrival does before its own rules run: remembers the contact's
@@ -252,7 +272,7 @@ impl RenderStep {
                     Ok(p) if due.is_some() => (DeliveryStatus::Scheduled, Some(p), None),
                     Ok(p) => (DeliveryStatus::Pending, Some(p), None),
                     Err(NotRendered::Failed(why)) => {
-                        tracing::warn!(event = %event.id, rule = %r.rule, error = %why, "render failed; the delivery is dead until replayed");
+                        tracing::warn!(delivery = %DeliveryId::derive(&event.id, &r.rule, r.index), event = %event.id, rule = %r.rule, target = "none", error = %why, "render failed; the delivery is dead until replayed");
                         (DeliveryStatus::Dead, None, Some(why))
                     }
                     Err(NotRendered::Skipped(why)) => (DeliveryStatus::Skipped, None, Some(why)),

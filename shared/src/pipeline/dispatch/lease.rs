@@ -54,7 +54,7 @@ impl Dispatcher {
             .into_iter()
             .partition(|w| taken.contains(&w.record.id));
         for w in &elsewhere {
-            tracing::info!(delivery = %w.record.id, "another worker holds this delivery's send lease; it waits until the lease ends");
+            tracing::info!(delivery = %w.record.id, event = %w.record.event_id, rule = %w.record.rule, target = %super::report::target_label(&w.record), "another worker holds this delivery's send lease; it waits until the lease ends");
         }
         let held: Vec<(Message, Duration)> =
             elsewhere.into_iter().map(|w| (w.message, length)).collect();

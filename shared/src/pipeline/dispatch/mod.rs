@@ -8,6 +8,7 @@
 mod age;
 mod chain;
 mod lease;
+mod report;
 mod send;
 mod settle;
 mod triage;
@@ -31,6 +32,7 @@ use crate::ports::{
     Transport,
 };
 use crate::rules::config::Config;
+use crate::telemetry::Telemetry;
 use chain::ChainFrom;
 use rand::{rngs::StdRng, SeedableRng};
 use std::sync::{Arc, Mutex};
@@ -111,6 +113,8 @@ pub struct Dispatcher {
     holder: String,
     /// Outcomes of calls made that the store refused to record (see `unrecorded`).
     unrecorded: unrecorded::Unrecorded,
+    /// Where calls, circuits and statuses are reported (see `report`).
+    telemetry: Arc<Telemetry>,
 }
 
 /// A message and the delivery it names.
@@ -140,7 +144,7 @@ impl Pass {
         self.report.dead += 1;
         self.report.dead_ids.push(record.id.clone());
         let reason = record.last_error.as_deref().unwrap_or_default();
-        tracing::warn!(delivery = %record.id, rule = %record.rule, reason = %reason, "dead: waited longer than delivery.max_age");
+        tracing::warn!(delivery = %record.id, event = %record.event_id, rule = %record.rule, target = %report::target_label(record), reason = %reason, "dead: waited longer than delivery.max_age");
     }
 }
 
@@ -195,7 +199,14 @@ impl Dispatcher {
             delays: QueueDelays::Full,
             holder: lease::new_holder(),
             unrecorded: unrecorded::Unrecorded::default(),
+            telemetry: Arc::new(Telemetry::new()),
         }
+    }
+
+    /// Reports calls, circuits and statuses to `telemetry` (the process's one recorder).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Takes a send lease on each delivery before its call (see `lease`): for workers that

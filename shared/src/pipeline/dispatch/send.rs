@@ -3,6 +3,7 @@
 //! one delivery, with its credentials and its host's addresses checked just before the call.
 //! Every answer goes through `policy::classify` and feeds the target's breaker.
 
+use super::report::endpoint_of;
 use super::{DispatchReport, Dispatcher};
 use crate::domain::delivery::{Attempt, AttemptClass, AuthRef, DeliveryRecord, Outcome, Prepared};
 use crate::domain::secret::{basic_header, SeCredentials};
@@ -14,6 +15,7 @@ use serde_json::Value;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Instant;
 
 /// The breaker and pacing target of SmartEmailing calls.
 const SMARTEMAILING: &str = "smartemailing";
@@ -354,6 +356,7 @@ impl Dispatcher {
         self.pacer.wait(target).await;
         report.calls += 1;
         let at_ms = self.ctx.clock.now_ms();
+        let (endpoint, started) = (endpoint_of(kind, &request.url), Instant::now());
         let result = self.ctx.transport.send(request).await;
         let verdict = classify(kind, &result, self.ctx.clock.now());
         let now_ms = self.ctx.clock.now_ms();
@@ -374,6 +377,7 @@ impl Dispatcher {
             }
             Verdict::Unauthorized { .. } => {}
         }
+        self.report_call(target, endpoint, &result, &verdict, started);
         (verdict, call)
     }
 }

@@ -3,6 +3,7 @@
 //! the answer, and the messages are requeued (retries) or marked for deletion.
 
 use super::chain::ChainFrom;
+use super::report::target_label;
 use super::send::Tried;
 use super::{DispatchError, DispatchReport, Dispatcher, Pass, Work};
 use crate::domain::delivery::{AttemptClass, DeliveryRecord, DeliveryStatus, Outcome};
@@ -24,19 +25,19 @@ fn tally(
     match (record.status, retry_in) {
         (DeliveryStatus::Sent, _) => {
             report.sent += 1;
-            tracing::info!(delivery = %record.id, rule = %record.rule, attempts = record.attempts, "sent");
+            tracing::info!(delivery = %record.id, event = %record.event_id, rule = %record.rule, target = %target_label(record), attempts = record.attempts, "sent");
         }
         (DeliveryStatus::Retrying, Some(delay)) => {
             report.retrying += 1;
-            tracing::info!(delivery = %record.id, attempts = record.attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "retrying");
+            tracing::info!(delivery = %record.id, event = %record.event_id, rule = %record.rule, target = %target_label(record), attempts = record.attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "retrying");
         }
         _ => {
             report.dead += 1;
             report.dead_ids.push(record.id.clone());
             if exhausted {
-                tracing::warn!(delivery = %record.id, rule = %record.rule, reason = %reason, "dead: retries exhausted");
+                tracing::warn!(delivery = %record.id, event = %record.event_id, rule = %record.rule, target = %target_label(record), reason = %reason, "dead: retries exhausted");
             } else {
-                tracing::warn!(delivery = %record.id, rule = %record.rule, reason = %reason, "dead: permanent failure");
+                tracing::warn!(delivery = %record.id, event = %record.event_id, rule = %record.rule, target = %target_label(record), reason = %reason, "dead: permanent failure");
             }
         }
     }
@@ -105,6 +106,7 @@ impl Dispatcher {
                 }
             }
             tally(&mut pass.report, &w.record, outcome, retry_in);
+            self.report_status(&w.record);
             settled.push((w, retry_in));
         }
         let records: Vec<DeliveryRecord> = settled.iter().map(|(w, _)| w.record.clone()).collect();
@@ -139,6 +141,7 @@ impl Dispatcher {
             .map(|w| {
                 let mut r = w.record.clone();
                 r.record_dry_run();
+                self.report_status(&r);
                 r
             })
             .collect();

@@ -314,6 +314,7 @@ impl Dispatcher {
                 Some(delay) => messages.push((w.message, delay)),
                 None => {
                     pass.gave_up(&w.record);
+                    self.report_status(&w.record);
                     pass.done(w.message);
                 }
             }
