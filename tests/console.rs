@@ -322,6 +322,9 @@ async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_
     let browser = Browser::start(1280, 860).await;
     signed_in(&browser, &r, "#/overview", KEY).await;
     browser.wait_text("#dead-count", "2").await;
+    // The target's health: its last error is the outage's.
+    let targets = browser.wait_text("#targets", "smartemailing").await;
+    assert!(targets.contains("answered 500"), "{targets}");
     browser.screenshot(&screenshot_path("overview")).await;
     browser.click_on("#dead-count").await;
     browser
