@@ -3,8 +3,8 @@
 //! the answer, and the messages are requeued (retries) or marked for deletion.
 
 use super::chain::ChainFrom;
-use super::send::Tried;
 use super::report::target_label;
+use super::send::Tried;
 use super::{DispatchError, DispatchReport, Dispatcher, Pass, Work};
 use crate::domain::delivery::{AttemptClass, DeliveryRecord, DeliveryStatus, Outcome};
 use crate::ports::queue::Message;
