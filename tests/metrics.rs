@@ -195,6 +195,12 @@ async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
     assert_eq!(post_event(http, url, &first).await, 202);
     let untyped = json!({"id": "m-3", "contact": {"email": "eva@example.com"}});
     assert_eq!(post_event(http, url, &untyped).await, 400);
+    let keyless = http
+        .post(format!("{url}/v1/events"))
+        .json(&first)
+        .send()
+        .await;
+    assert_eq!(keyless.unwrap().status().as_u16(), 401);
 
     let (status, text) = scrape(http, url, ADMIN_KEY).await;
     assert_eq!(status, 200, "{text}");
@@ -209,6 +215,10 @@ async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
     assert_eq!(moved(&events("duplicate")), 1.0);
     assert_eq!(
         moved("relay_events_total{type=\"unknown\",outcome=\"refused\",code=\"invalid_field\"}"),
+        1.0
+    );
+    assert_eq!(
+        moved("relay_events_total{type=\"unknown\",outcome=\"refused\",code=\"unauthorized\"}"),
         1.0
     );
     let deliveries = |status: &str| {
