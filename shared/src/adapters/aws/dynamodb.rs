@@ -29,6 +29,7 @@ use crate::domain::delivery::{Attempt, DeliveryId, DeliveryRecord, DeliveryStatu
 use crate::domain::event::EventId;
 use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
 use crate::domain::retention::Retention;
+use crate::pipeline::dispatch::target_of;
 use crate::ports::clock::Clock;
 use crate::ports::store::{DeliveryCursor, DeliveryPage};
 use crate::ports::{
@@ -643,7 +644,11 @@ impl DeliveryStore for DynamoStore {
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
             {
-                tracing::warn!(delivery = %record.id, status = record.status.as_str(), "not saved: the delivery is already sent (or unknown)");
+                let target = record
+                    .request
+                    .as_ref()
+                    .map_or_else(|| "none".into(), target_of);
+                tracing::warn!(delivery = %record.id, event = %record.event_id, rule = %record.rule, target = %target, status = record.status.as_str(), "not saved: the delivery is already sent (or unknown)");
                 Ok(())
             }
             Err(e) => Err(unavailable(e)),
