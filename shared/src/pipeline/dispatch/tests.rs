@@ -160,6 +160,14 @@ impl Bench {
         d.handle(self.batch(records).await).await.unwrap()
     }
 
+    /// The dispatch messages visible now.
+    async fn visible(&self) -> Vec<Message> {
+        self.store
+            .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
+            .await
+            .unwrap()
+    }
+
     async fn status(&self, record: &DeliveryRecord) -> DeliveryRecord {
         let mut got = self
             .store
@@ -428,11 +436,7 @@ async fn a_delivery_held_again_by_a_circuit_still_open_is_not_rewritten_and_come
 
     // The circuit half-opens: the first probes and fails, the second waits once more.
     b.clock.advance(Duration::from_secs(32));
-    let batch = b
-        .store
-        .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let batch = b.visible().await;
     assert_eq!(batch.len(), 2, "both deliveries' messages are back");
     let report = d.handle(batch).await.unwrap();
     assert_eq!((report.calls, report.waiting), (1, 2));
@@ -445,12 +449,7 @@ async fn a_delivery_held_again_by_a_circuit_still_open_is_not_rewritten_and_come
 
     // The circuit closes: both are sent, once.
     b.clock.advance(Duration::from_secs(32));
-    let batch = b
-        .store
-        .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let report = d.handle(batch).await.unwrap();
+    let report = d.handle(b.visible().await).await.unwrap();
     assert_eq!((report.sent, report.calls), (2, 2));
     assert_eq!(b.status(&second).await.status, DeliveryStatus::Sent);
 }
