@@ -9,10 +9,10 @@ use crate::pipeline::dispatch::target_of;
 use crate::ports::queue::QueueName;
 use crate::ports::DeliveryFilter;
 use crate::telemetry::TargetSnapshot;
-use std::collections::{BTreeMap, HashSet};
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -79,7 +79,11 @@ async fn queues(state: &AppState, now_ms: i64) -> Result<Vec<Value>, ApiError> {
 /// so calls are counted by their start and duration.
 async fn table_targets(state: &AppState, now_ms: i64) -> Result<Vec<Value>, ApiError> {
     let mut seen: BTreeMap<String, (TargetSnapshot, HashSet<(i64, u64)>)> = BTreeMap::new();
-    for status in [DeliveryStatus::Sent, DeliveryStatus::Retrying, DeliveryStatus::Dead] {
+    for status in [
+        DeliveryStatus::Sent,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Dead,
+    ] {
         let filter = DeliveryFilter {
             status: Some(status),
             since_ms: Some(now_ms - DAY_MS),
