@@ -105,19 +105,19 @@ fn build(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, SqliteStore, usize
     (dir, store, total)
 }
 
-fn pages(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (_dir, store, total) = build(&rt);
+/// What is measured: a name, the filter, and where the page starts.
+type Case = (&'static str, DeliveryFilter, Option<DeliveryCursor>);
+
+fn cases(total: usize) -> Vec<Case> {
     let page = |f: DeliveryFilter| DeliveryFilter { limit: 100, ..f };
     // The cursor of a page in the middle of the month: keyset paging reads no more there.
-    let middle = delivery(total / 2, total);
-    let deep = DeliveryCursor::of(&middle);
-    let cases = [
+    let deep = DeliveryCursor::of(&delivery(total / 2, total));
+    vec![
         ("unfiltered", page(DeliveryFilter::default()), None),
         (
             "unfiltered, mid-table",
             page(DeliveryFilter::default()),
-            Some(&deep),
+            Some(deep),
         ),
         (
             "by e-mail",
@@ -143,9 +143,15 @@ fn pages(c: &mut Criterion) {
             }),
             None,
         ),
-    ];
+    ]
+}
+
+fn pages(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_dir, store, total) = build(&rt);
     let mut group = c.benchmark_group(format!("console page of 100 of {total}"));
-    for (name, filter, after) in cases {
+    for (name, filter, after) in cases(total) {
+        let after = after.as_ref();
         let found = rt.block_on(store.page(&filter, after)).expect("page");
         eprintln!("{name}: {} deliveries", found.deliveries.len());
         group.bench_function(name, |b| {

@@ -110,6 +110,13 @@ async fn ran_from_data(browser: &Browser) -> Value {
         .await
 }
 
+/// The key the tab keeps (`null` when none).
+async fn stored_key(browser: &Browser) -> Value {
+    browser
+        .execute("return sessionStorage.getItem('relay.adminKey');", vec![])
+        .await
+}
+
 /// Fails on any error the page logged, then closes the browser.
 async fn no_console_error_and_quit(browser: Browser) {
     let errors = browser.console_errors().await;
@@ -240,9 +247,7 @@ async fn relay_serve_asks_for_a_key_once_and_loads_the_page_with_no_console_erro
         browser.find("#login:not([hidden])").await.is_none(),
         "asked twice"
     );
-    let stored = browser
-        .execute("return sessionStorage.getItem('relay.adminKey');", vec![])
-        .await;
+    let stored = stored_key(&browser).await;
     assert_eq!(stored, json!(KEY));
     let cookies = browser.execute("return document.cookie;", vec![]).await;
     assert_eq!(cookies, json!(""), "no cookie");
@@ -317,6 +322,9 @@ async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_
     let browser = Browser::start(1280, 860).await;
     signed_in(&browser, &r, "#/overview", KEY).await;
     browser.wait_text("#dead-count", "2").await;
+    // The target's health: its last error is the outage's.
+    let targets = browser.wait_text("#targets", "smartemailing").await;
+    assert!(targets.contains("answered 500"), "{targets}");
     browser.screenshot(&screenshot_path("overview")).await;
     browser.click_on("#dead-count").await;
     browser
@@ -498,9 +506,7 @@ async fn an_ingest_key_is_refused_by_the_management_api_and_the_page_says_why() 
         browser.find("main[hidden]").await.is_some(),
         "no data view behind the form"
     );
-    let stored = browser
-        .execute("return sessionStorage.getItem('relay.adminKey');", vec![])
-        .await;
+    let stored = stored_key(&browser).await;
     assert_eq!(stored, Value::Null, "a refused key is not kept");
     browser.screenshot(&screenshot_path("refused")).await;
 

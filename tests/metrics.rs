@@ -1,8 +1,9 @@
 //! `GET /metrics` read by real consumers: the real `relay serve` takes events (one sent after
 //! a 503, one given up on a 400, a duplicate, a refused one) through the fake SmartEmailing;
 //! the exposition passes `promtool check metrics` (Debian's `prometheus` package) and the
-//! counters moved as the events flowed; the log follows each event by its id. Only an admin
-//! key reads the metrics.
+//! counters moved as the events flowed; the real Prometheus server scrapes it with the
+//! README's scrape config; the log follows each event by its id. Only an admin key reads the
+//! metrics.
 
 mod support;
 
@@ -194,6 +195,12 @@ async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
     assert_eq!(post_event(http, url, &first).await, 202);
     let untyped = json!({"id": "m-3", "contact": {"email": "eva@example.com"}});
     assert_eq!(post_event(http, url, &untyped).await, 400);
+    let keyless = http
+        .post(format!("{url}/v1/events"))
+        .json(&first)
+        .send()
+        .await;
+    assert_eq!(keyless.unwrap().status().as_u16(), 401);
 
     let (status, text) = scrape(http, url, ADMIN_KEY).await;
     assert_eq!(status, 200, "{text}");
@@ -208,6 +215,10 @@ async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
     assert_eq!(moved(&events("duplicate")), 1.0);
     assert_eq!(
         moved("relay_events_total{type=\"unknown\",outcome=\"refused\",code=\"invalid_field\"}"),
+        1.0
+    );
+    assert_eq!(
+        moved("relay_events_total{type=\"unknown\",outcome=\"refused\",code=\"unauthorized\"}"),
         1.0
     );
     let deliveries = |status: &str| {
@@ -300,4 +311,85 @@ async fn only_an_admin_key_reads_the_metrics_and_a_scraper_gets_openmetrics() {
     let text = resp.text().await.unwrap();
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     assert!(text.contains("# TYPE relay_build_info gauge"), "{text}");
+}
+
+/// A Prometheus server, killed when the test ends.
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Asks a Prometheus server for `query`'s first value; `None` while it has none.
+async fn query(http: &reqwest::Client, prometheus: &str, query: &str) -> Option<String> {
+    let resp = http
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .ok()?;
+    let body: Value = resp.json().await.ok()?;
+    body["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The real Prometheus server (the same Debian package) scrapes the relay with the README's
+/// scrape config — the admin key as `authorization: {credentials: ...}` — and has the
+/// counters the relay counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_relay_with_the_readme_scrape_config() {
+    let relay = Relay::start().await;
+    let (url, http) = (relay.url.as_str(), &relay.http);
+    let first = event("p-1", "contact.created", "jana@example.com");
+    assert_eq!(post_event(http, url, &first).await, 202);
+    wait_status(http, url, "p-1", "sent").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = url.trim_start_matches("http://");
+    let config = format!(
+        "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: smartemailing-relay\n    metrics_path: /metrics\n    authorization:\n      credentials: {ADMIN_KEY}\n    static_configs:\n      - targets: [\"{target}\"]\n"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let server = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus runs (Debian's `prometheus` package; scripts/test installs it)");
+    let _server = Prometheus(server);
+    let prometheus = format!("http://127.0.0.1:{port}");
+
+    let accepted = r#"relay_events_total{job="smartemailing-relay",type="contact.created",outcome="accepted"}"#;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut seen = None;
+    while tokio::time::Instant::now() < deadline {
+        seen = query(http, &prometheus, accepted).await;
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("1"),
+        "Prometheus never scraped the count"
+    );
+    let up = query(http, &prometheus, r#"up{job="smartemailing-relay"}"#).await;
+    assert_eq!(up.as_deref(), Some("1"));
+    let sent = r#"relay_deliveries_total{rule="welcome",action="trigger_event",status="sent"}"#;
+    assert_eq!(query(http, &prometheus, sent).await.as_deref(), Some("1"));
 }

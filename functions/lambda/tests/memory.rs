@@ -8,7 +8,12 @@ use relay_lambda::render::RenderHandler;
 use relay_lambda::scheduler::{RunReport, SchedulerHandler};
 use relay_lambda::{inbound, Context, Memory};
 use relay_shared::adapters::memory::Part;
+use relay_shared::domain::delivery::{
+    Attempt, AttemptClass, DeliveryId, DeliveryRecord, DeliveryStatus, Prepared,
+};
+use relay_shared::domain::event::EventId;
 use relay_shared::domain::secret::{SeCredentials, Secret, SecretBundle};
+use relay_shared::domain::smartemailing::Endpoint;
 use relay_shared::ports::clock::ManualClock;
 use relay_shared::ports::queue::{Message, QueueName};
 use relay_shared::ports::{
@@ -223,6 +228,71 @@ async fn inbound_serves_the_management_api_to_admin_keys_only() {
         assert_eq!(status, 403, "{path}: {body}");
         assert_eq!(body["error"]["code"], "forbidden");
     }
+}
+
+/// A delivery of `rule` to SmartEmailing whose one attempt at `at_ms` was `class`.
+fn attempted(id: &str, class: AttemptClass, at_ms: i64) -> DeliveryRecord {
+    let failed = class != AttemptClass::Success;
+    DeliveryRecord {
+        id: DeliveryId::from_stored(id),
+        event_id: EventId::from_stored("evt-status"),
+        rule: "welcome".into(),
+        action: "trigger_event".into(),
+        action_index: 0,
+        status: if failed {
+            DeliveryStatus::Dead
+        } else {
+            DeliveryStatus::Sent
+        },
+        attempts: 1,
+        last_error: failed.then(|| "the target answered 422".into()),
+        last_response: None,
+        sent_at: None,
+        next_attempt_at: None,
+        request: Some(Prepared::SmartEmailing {
+            endpoint: Endpoint::TriggerEvent,
+            group: Value::Null,
+            item: json!({"emailaddress": "jan@example.com", "name": "welcome"}),
+        }),
+        created_at: at_ms,
+        chain_depth: 0,
+        email: Some("jan@example.com".into()),
+        event_type: Some("contact.created".into()),
+        attempt_log: vec![Attempt {
+            at_ms,
+            duration_ms: 40,
+            status_code: Some(if failed { 422 } else { 200 }),
+            response: None,
+            class,
+            reason: failed.then(|| "the target answered 422".into()),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn on_aws_the_status_shows_each_target_from_the_attempts_in_the_table() {
+    let ctx = context(secrets(false));
+    let (ok_at, bad_at) = (FIXTURE_MS - 120_000, FIXTURE_MS - 30_000);
+    let records = [
+        attempted("dlv_sent", AttemptClass::Success, ok_at),
+        attempted("dlv_dead", AttemptClass::Permanent, bad_at),
+    ];
+    ctx.ports.store.insert_new(&records).await.unwrap();
+    let (status, body) = get_with(&ctx, "/v1/status", "fixture-admin-key").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["platform"], "aws");
+    let targets = body["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 1, "{body}");
+    let t = &targets[0];
+    assert_eq!(t["target"], "smartemailing");
+    assert_eq!(t["circuit"], Value::Null, "the circuit is per container");
+    assert_eq!(t["last_success_at"], "2026-11-26T09:58:01.000Z");
+    assert_eq!(t["last_error"]["at"], "2026-11-26T09:59:31.000Z");
+    assert_eq!(t["last_error"]["message"], "the target answered 422");
+    assert_eq!(
+        t["calls_last_minute"], 1,
+        "only the failed call is that recent"
+    );
 }
 
 #[tokio::test]

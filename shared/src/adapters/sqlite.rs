@@ -153,14 +153,19 @@ fn give_space_back(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Brings a file made by an earlier version up to this schema.
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_expiry: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = 'expires_at'",
-        [],
+/// Whether the deliveries table has the column `name` (a file made before it had not).
+fn has_column(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = ?1",
+        [name],
         |r| r.get(0),
     )?;
-    if has_expiry == 0 {
+    Ok(n > 0)
+}
+
+/// Brings a file made by an earlier version up to this schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    if !has_column(conn, "expires_at")? {
         // Finished deliveries written before retention count from their creation.
         let d = Retention::default();
         conn.execute_batch(&format!(
@@ -180,12 +185,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// The operator's window: each delivery's contact, event type and attempts, and the indexes
 /// its pages are read by (newest first: each ends in `created_at, id`, the keyset).
 fn migrate_console(conn: &Connection) -> rusqlite::Result<()> {
-    let has_email: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = 'email'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_email == 0 {
+    if !has_column(conn, "email")? {
         // Deliveries written before get their contact from their request and their event's
         // type from the event, so a search finds them too.
         conn.execute_batch(

@@ -47,7 +47,7 @@ pub(super) fn rfc3339(ms: i64) -> Value {
 }
 
 /// A delivery as the listing shows it: `to_api()` with its event, contact and times.
-fn listed(d: &DeliveryRecord) -> Value {
+pub(super) fn listed(d: &DeliveryRecord) -> Value {
     let mut v = d.to_api();
     v["event_id"] = json!(d.event_id);
     v["event_type"] = json!(d.event_type);

@@ -177,7 +177,7 @@ async fn get_event(
         "type": record.kind,
         "received_at": received_at,
         "event": record.event,
-        "deliveries": deliveries.iter().map(|d| d.to_api()).collect::<Vec<_>>(),
+        "deliveries": deliveries.iter().map(super::manage::listed).collect::<Vec<_>>(),
     }))
     .into_response())
 }

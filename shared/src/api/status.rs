@@ -4,34 +4,28 @@
 use super::error::ApiError;
 use super::manage::rfc3339;
 use super::router::{AppState, Platform};
-use crate::domain::delivery::DeliveryStatus;
+use crate::domain::delivery::{AttemptClass, DeliveryStatus};
+use crate::pipeline::dispatch::target_of;
 use crate::ports::queue::QueueName;
+use crate::ports::DeliveryFilter;
 use crate::telemetry::TargetSnapshot;
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
-
-/// Every status, in the order the counts show them.
-const STATUSES: [DeliveryStatus; 8] = [
-    DeliveryStatus::Pending,
-    DeliveryStatus::Retrying,
-    DeliveryStatus::Scheduled,
-    DeliveryStatus::Sent,
-    DeliveryStatus::DryRun,
-    DeliveryStatus::Skipped,
-    DeliveryStatus::Dead,
-    DeliveryStatus::Cancelled,
-];
+const MINUTE_MS: i64 = 60_000;
+/// How many of the newest deliveries of each status the table's view of the targets reads.
+const RECENT: usize = 200;
 
 /// What `note` says about where the figures come from.
 fn note(platform: Platform) -> &'static str {
     match platform {
         Platform::Local => "one process: the targets' circuits and calls are the relay's own",
-        Platform::Aws => "on AWS each dispatch function container keeps its own circuit state (it is not global), and this answer comes from the API's container, which calls no target: `targets` shows only what this container saw; the counts are the table's and the queue depths SQS's approximate ones",
+        Platform::Aws => "on AWS each dispatch function container keeps its own circuit state (it is not global), so `circuit` is null; each target's last success, last error and calls of the last minute come from the attempts of the newest sent, retrying and dead deliveries in the table; the counts are the table's and the queue depths SQS's approximate ones",
     }
 }
 
@@ -53,7 +47,7 @@ async fn counts(state: &AppState, since_ms: i64) -> Result<Map<String, Value>, A
         .count_by_status(since_ms)
         .await
         .map_err(|e| ApiError::unavailable("cannot count deliveries", e))?;
-    Ok(STATUSES
+    Ok(DeliveryStatus::ALL
         .iter()
         .map(|s| {
             let n = found.iter().find(|(f, _)| f == s).map_or(0, |(_, n)| *n);
@@ -79,6 +73,57 @@ async fn queues(state: &AppState, now_ms: i64) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
+/// On AWS the breakers live in the dispatch containers: each target's health comes from the
+/// attempts the table holds (those of the newest sent, retrying and dead deliveries of the
+/// last day), with no circuit state. A bulk call logs one attempt on each delivery it carried,
+/// so calls are counted by their start and duration.
+async fn table_targets(state: &AppState, now_ms: i64) -> Result<Vec<Value>, ApiError> {
+    let mut seen: BTreeMap<String, (TargetSnapshot, HashSet<(i64, u64)>)> = BTreeMap::new();
+    for status in [
+        DeliveryStatus::Sent,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Dead,
+    ] {
+        let filter = DeliveryFilter {
+            status: Some(status),
+            since_ms: Some(now_ms - DAY_MS),
+            limit: RECENT,
+            ..DeliveryFilter::default()
+        };
+        let page = state
+            .deliveries
+            .page(&filter, None)
+            .await
+            .map_err(|e| ApiError::unavailable("cannot list deliveries", e))?;
+        for d in &page.deliveries {
+            let Some(request) = &d.request else { continue };
+            let (t, calls) = seen.entry(target_of(request)).or_default();
+            for a in &d.attempt_log {
+                if a.at_ms >= now_ms - MINUTE_MS {
+                    calls.insert((a.at_ms, a.duration_ms));
+                }
+                if a.class == AttemptClass::Success {
+                    t.last_success_ms = t.last_success_ms.max(Some(a.at_ms));
+                } else if t.last_error.as_ref().is_none_or(|(at, _)| *at < a.at_ms) {
+                    t.last_error = Some((a.at_ms, a.reason.clone().unwrap_or_default()));
+                }
+            }
+        }
+    }
+    Ok(seen
+        .into_iter()
+        .map(|(name, (t, calls))| {
+            let mut v = target(&TargetSnapshot {
+                target: name,
+                calls_last_minute: calls.len() as u64,
+                ..t
+            });
+            v["circuit"] = Value::Null;
+            v
+        })
+        .collect())
+}
+
 /// `GET /v1/status`.
 pub(super) async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let now = state.clock.now_ms();
@@ -91,7 +136,10 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Va
     let last_hour = counts(&state, now - HOUR_MS).await?;
     let last_day = counts(&state, now - DAY_MS).await?;
     let dead_last_day = last_day.get("dead").cloned().unwrap_or(json!(0));
-    let targets: Vec<Value> = state.telemetry.targets(now).iter().map(target).collect();
+    let targets: Vec<Value> = match state.platform {
+        Platform::Local => state.telemetry.targets(now).iter().map(target).collect(),
+        Platform::Aws => table_targets(&state, now).await?,
+    };
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "dry_run": dry_run,

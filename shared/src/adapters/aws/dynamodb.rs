@@ -29,6 +29,7 @@ use crate::domain::delivery::{Attempt, DeliveryId, DeliveryRecord, DeliveryStatu
 use crate::domain::event::EventId;
 use crate::domain::idempotency::{Begin, EventRecord, RecordStatus};
 use crate::domain::retention::Retention;
+use crate::pipeline::dispatch::target_of;
 use crate::ports::clock::Clock;
 use crate::ports::store::{DeliveryCursor, DeliveryPage};
 use crate::ports::{
@@ -133,6 +134,11 @@ fn email_pk(email: &str) -> String {
 /// The sort key of a delivery in `gsi2` and `gsi3`: by creation, then id, as text.
 fn created_sk(created_at: i64, id: &str) -> String {
     format!("{created_at:015}#{id}")
+}
+
+/// Where a query goes on: its last evaluated key, when there is more to read.
+fn more(last_evaluated_key: Option<Item>) -> Option<Item> {
+    last_evaluated_key.filter(|k| !k.is_empty())
 }
 
 /// The ids of the deliveries a keys-only index found.
@@ -259,20 +265,6 @@ fn delivery_to_item(d: &DeliveryRecord, expires_at: Option<i64>) -> Item {
     opt("sent_at", d.sent_at.as_deref().map(s));
     opt("next_attempt_at", d.next_attempt_at.map(n));
     opt("expires_at", expires_at.map(n));
-    opt("event_type", d.event_type.as_deref().map(s));
-    // An index key cannot be empty: a delivery without an address is in no contact's list.
-    if let Some(email) = d.email.as_deref().filter(|e| !e.is_empty()) {
-        opt("email", Some(s(email)));
-        opt("gsi3pk", Some(s(email_pk(email))));
-        opt("gsi3sk", Some(s(created_sk(d.created_at, d.id.as_str()))));
-    }
-    opt(
-        "attempt_log",
-        (!d.attempt_log.is_empty())
-            .then(|| serde_json::to_string(&d.attempt_log).ok())
-            .flatten()
-            .map(s),
-    );
     opt(
         "request",
         d.request
@@ -280,7 +272,27 @@ fn delivery_to_item(d: &DeliveryRecord, expires_at: Option<i64>) -> Item {
             .and_then(|p| serde_json::to_string(p).ok())
             .map(s),
     );
+    add_console_attributes(&mut item, d);
     item
+}
+
+/// What the operator's window reads of a delivery: its event type, its contact (and its key
+/// in `gsi3`) and its attempt log (as JSON).
+fn add_console_attributes(item: &mut Item, d: &DeliveryRecord) {
+    if let Some(kind) = &d.event_type {
+        item.insert("event_type".into(), s(kind));
+    }
+    // An index key cannot be empty: a delivery without an address is in no contact's list.
+    if let Some(email) = d.email.as_deref().filter(|e| !e.is_empty()) {
+        item.insert("email".into(), s(email));
+        item.insert("gsi3pk".into(), s(email_pk(email)));
+        item.insert("gsi3sk".into(), s(created_sk(d.created_at, d.id.as_str())));
+    }
+    if !d.attempt_log.is_empty() {
+        if let Ok(log) = serde_json::to_string(&d.attempt_log) {
+            item.insert("attempt_log".into(), s(log));
+        }
+    }
 }
 
 fn delivery_from_item(item: &Item) -> Result<DeliveryRecord, StoreError> {
@@ -387,9 +399,9 @@ impl DynamoStore {
                 out.truncate(limit);
                 return Ok(out);
             }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
+            start = more(page.last_evaluated_key);
+            if start.is_none() {
+                return Ok(out);
             }
         }
     }
@@ -632,7 +644,11 @@ impl DeliveryStore for DynamoStore {
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
             {
-                tracing::warn!(delivery = %record.id, status = record.status.as_str(), "not saved: the delivery is already sent (or unknown)");
+                let target = record
+                    .request
+                    .as_ref()
+                    .map_or_else(|| "none".into(), target_of);
+                tracing::warn!(delivery = %record.id, event = %record.event_id, rule = %record.rule, target = %target, status = record.status.as_str(), "not saved: the delivery is already sent (or unknown)");
                 Ok(())
             }
             Err(e) => Err(unavailable(e)),

@@ -160,6 +160,14 @@ impl Bench {
         d.handle(self.batch(records).await).await.unwrap()
     }
 
+    /// The dispatch messages visible now.
+    async fn visible(&self) -> Vec<Message> {
+        self.store
+            .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
+            .await
+            .unwrap()
+    }
+
     async fn status(&self, record: &DeliveryRecord) -> DeliveryRecord {
         let mut got = self
             .store
@@ -167,6 +175,14 @@ impl Bench {
             .await
             .unwrap();
         got.pop().unwrap()
+    }
+
+    /// The dispatch messages visible now.
+    async fn due(&self) -> Vec<Message> {
+        self.store
+            .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
     }
 
     fn calls(&self) -> usize {
@@ -194,11 +210,7 @@ async fn deliveries_of_one_endpoint_share_one_call_and_a_repeat_is_not_sent_agai
         .send(QueueName::Dispatch, vec![again], Duration::ZERO)
         .await
         .unwrap();
-    let msgs = b
-        .store
-        .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let msgs = b.due().await;
     let report = d.handle(msgs).await.unwrap();
     assert_eq!((report.duplicates, report.calls), (1, 0));
     assert_eq!(b.calls(), 1);
@@ -320,6 +332,15 @@ async fn a_bulk_call_records_one_timed_attempt_on_each_delivery_it_carried() {
     }
 }
 
+/// A delivery's attempt log as (when, status code, class).
+fn log_of(record: &DeliveryRecord) -> Vec<(i64, Option<u16>, AttemptClass)> {
+    record
+        .attempt_log
+        .iter()
+        .map(|a| (a.at_ms, a.status_code, a.class))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_retry_and_the_success_after_it_are_both_in_the_log_oldest_first() {
     let b = bench(&[503], true);
@@ -328,22 +349,13 @@ async fn a_retry_and_the_success_after_it_are_both_in_the_log_oldest_first() {
     b.pass(&d, std::slice::from_ref(&one)).await;
     b.clock.advance(Duration::from_secs(15));
     // The retry's message, requeued for 10 s ±20 %, is due again.
-    let msgs = b
-        .store
-        .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let msgs = b.due().await;
     assert_eq!(msgs.len(), 1);
     d.handle(msgs).await.unwrap();
     let stored = b.status(&one).await;
     assert_eq!((stored.status, stored.attempts), (DeliveryStatus::Sent, 2));
-    let log: Vec<_> = stored
-        .attempt_log
-        .iter()
-        .map(|a| (a.at_ms, a.status_code, a.class))
-        .collect();
     assert_eq!(
-        log,
+        log_of(&stored),
         vec![
             (NOW_MS, Some(503), AttemptClass::Retry),
             (NOW_MS + 15_000, Some(201), AttemptClass::Success)
@@ -382,22 +394,13 @@ async fn a_failed_probe_is_logged_as_one_without_spending_an_attempt() {
     b.pass(&d, std::slice::from_ref(&one)).await;
     // The circuit half-opens; the retry's message is due and is the probe.
     b.clock.advance(Duration::from_secs(31));
-    let msgs = b
-        .store
-        .receive(QueueName::Dispatch, 10, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let msgs = b.due().await;
     let report = d.handle(msgs).await.unwrap();
     assert_eq!((report.calls, report.waiting), (1, 1));
     let stored = b.status(&one).await;
     assert_eq!(stored.attempts, 1);
-    let log: Vec<_> = stored
-        .attempt_log
-        .iter()
-        .map(|a| (a.at_ms, a.status_code, a.class))
-        .collect();
     assert_eq!(
-        log,
+        log_of(&stored),
         vec![
             (NOW_MS, Some(503), AttemptClass::Retry),
             (NOW_MS + 31_000, Some(503), AttemptClass::FailedProbe)
@@ -433,11 +436,7 @@ async fn a_delivery_held_again_by_a_circuit_still_open_is_not_rewritten_and_come
 
     // The circuit half-opens: the first probes and fails, the second waits once more.
     b.clock.advance(Duration::from_secs(32));
-    let batch = b
-        .store
-        .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let batch = b.visible().await;
     assert_eq!(batch.len(), 2, "both deliveries' messages are back");
     let report = d.handle(batch).await.unwrap();
     assert_eq!((report.calls, report.waiting), (1, 2));
@@ -450,12 +449,7 @@ async fn a_delivery_held_again_by_a_circuit_still_open_is_not_rewritten_and_come
 
     // The circuit closes: both are sent, once.
     b.clock.advance(Duration::from_secs(32));
-    let batch = b
-        .store
-        .receive(QueueName::Dispatch, 100, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let report = d.handle(batch).await.unwrap();
+    let report = d.handle(b.visible().await).await.unwrap();
     assert_eq!((report.sent, report.calls), (2, 2));
     assert_eq!(b.status(&second).await.status, DeliveryStatus::Sent);
 }

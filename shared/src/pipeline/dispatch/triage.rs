@@ -193,6 +193,7 @@ impl Dispatcher {
                 if seen.contains(&id) {
                     pass.report.duplicates += 1;
                 } else {
+                    // Only the id is known: no record says its event, rule or target.
                     tracing::warn!(delivery = %id, "dropping a message for an unknown delivery");
                 }
                 pass.done(message);

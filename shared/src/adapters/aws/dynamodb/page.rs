@@ -10,8 +10,8 @@
 //! instead, at most `8 × (page + 1)` deliveries.
 
 use super::{
-    created_sk, delivery_from_item, delivery_ids, email_pk, s, status_pk, unavailable, DynamoStore,
-    Item, BY_EMAIL_INDEX, BY_STATUS_INDEX,
+    created_sk, delivery_from_item, delivery_ids, email_pk, more, s, status_pk, unavailable,
+    DynamoStore, Item, BY_EMAIL_INDEX, BY_STATUS_INDEX,
 };
 use crate::domain::delivery::{DeliveryRecord, DeliveryStatus};
 use crate::ports::store::{DeliveryCursor, DeliveryPage};
@@ -154,13 +154,10 @@ impl DynamoStore {
                     .into_iter()
                     .filter(|d| f.matches(d) && after.is_none_or(|c| c.precedes(d))),
             );
-            if out.len() >= want {
+            start = more(page.last_evaluated_key);
+            if out.len() >= want || start.is_none() {
                 out.truncate(want);
                 return Ok(out);
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
             }
         }
     }
@@ -228,9 +225,9 @@ impl DynamoStore {
                 .await
                 .map_err(unavailable)?;
             total += page.count.max(0) as u64;
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(total),
+            start = more(page.last_evaluated_key);
+            if start.is_none() {
+                return Ok(total);
             }
         }
     }
