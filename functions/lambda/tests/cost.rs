@@ -13,7 +13,6 @@ mod support;
 #[path = "../../../tests/support/fake_smartemailing.rs"]
 mod fake_smartemailing;
 
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use fake_smartemailing::FakeSmartEmailing;
 use relay_lambda::dispatch::DispatchHandler;
 use relay_lambda::render::RenderHandler;
@@ -200,30 +199,6 @@ impl Pipeline {
         run.events += events.len();
     }
 
-    /// Up to `max` visible messages of a queue, ten to a receive, as the mapping takes them.
-    async fn receive(&self, queue: &str, max: usize) -> Vec<aws_sdk_sqs::types::Message> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            let got = self
-                .emu
-                .sqs
-                .receive_message()
-                .queue_url(queue)
-                .max_number_of_messages((max - out.len()).min(10) as i32)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await
-                .expect("receive")
-                .messages
-                .unwrap_or_default();
-            if got.is_empty() {
-                break;
-            }
-            out.extend(got);
-        }
-        out
-    }
-
     /// Plays the two event source mappings until both queues are empty.
     async fn drain(&self, run: &mut Run) {
         let (render_q, dispatch_q) = (
@@ -233,12 +208,12 @@ impl Pipeline {
         // The render queue first: the dispatch mapping's batching window (1 s) collects what a
         // burst of render invocations queued.
         loop {
-            let jobs = self.receive(&render_q, 10).await;
+            let jobs = self.emu.receive_batch(&render_q, 10, None).await;
             if !jobs.is_empty() {
                 self.invoke("render", &render_q, &jobs, run).await;
                 continue;
             }
-            let batch = self.receive(&dispatch_q, 100).await;
+            let batch = self.emu.receive_batch(&dispatch_q, 100, None).await;
             if batch.is_empty() {
                 return;
             }

@@ -340,27 +340,10 @@ impl Pipeline {
         } else {
             self.dispatch_visibility
         };
-        let mut out = Vec::new();
-        while out.len() < max {
-            let got = self
-                .emu
-                .sqs
-                .receive_message()
-                .queue_url(queue)
-                .max_number_of_messages((max - out.len()).min(10) as i32)
-                .visibility_timeout(HIDDEN_SECS as i32)
-                .wait_time_seconds(0)
-                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-                .send()
-                .await
-                .expect("receive")
-                .messages
-                .unwrap_or_default();
-            if got.is_empty() {
-                break;
-            }
-            out.extend(got);
-        }
+        let out = self
+            .emu
+            .receive_batch(queue, max, Some(HIDDEN_SECS as i32))
+            .await;
         // A message sent with a delay that has not run out on the fixed clock is not yet
         // visible to the event source mapping: hide it until then.
         let now = self.clock.now_ms();

@@ -127,6 +127,37 @@ impl Emulator {
         }
     }
 
+    /// Up to `max` of a queue's visible messages, ten to a receive, as an event source
+    /// mapping takes a batch; hidden for `visibility` seconds when given (else the queue's).
+    pub async fn receive_batch(
+        &self,
+        url: &str,
+        max: usize,
+        visibility: Option<i32>,
+    ) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages((max - out.len()).min(10) as i32)
+                .set_visibility_timeout(visibility)
+                .wait_time_seconds(0)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .expect("receive")
+                .messages
+                .unwrap_or_default();
+            if got.is_empty() {
+                break;
+            }
+            out.extend(got);
+        }
+        out
+    }
+
     /// Waits (up to `patience`) for messages to become visible in a queue, and takes them.
     pub async fn receive_within(
         &self,
