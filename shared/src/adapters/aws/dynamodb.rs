@@ -796,9 +796,9 @@ impl TimerStore for DynamoStore {
                     held.push(id.clone());
                 }
             }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
+            start = more(page.last_evaluated_key);
+            if start.is_none() {
+                break;
             }
         }
         let mut cancelled = Vec::new();
