@@ -65,7 +65,7 @@ pub(crate) async fn open_stores(state: &Path, aws: bool) -> Result<Stores, Failu
 #[cfg(feature = "aws")]
 async fn open_aws_stores() -> Result<Stores, Failure> {
     use relay_shared::adapters::aws::{sdk_config, AwsStores};
-    let sdk = sdk_config().await;
+    let sdk = sdk_config().await.map_err(|e| user(anyhow!(e)))?;
     // The table and the queues only: these commands read no secret, so need no SECRET_ID.
     let aws = AwsStores::from_env(&sdk).map_err(|e| {
         user(anyhow!(

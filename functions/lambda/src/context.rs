@@ -119,7 +119,7 @@ impl Context<Aws> {
     pub async fn from_env() -> anyhow::Result<Self> {
         let config = load_config(crate::BUNDLED_CONFIG)?;
         let settings = AwsSettings::from_env()?;
-        let sdk = relay_shared::adapters::aws::sdk_config().await;
+        let sdk = relay_shared::adapters::aws::lambda_sdk_config().await?;
         Ok(Self::new(config, &sdk, &settings, Arc::new(SystemClock)))
     }
 

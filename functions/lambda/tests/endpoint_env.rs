@@ -12,7 +12,9 @@ async fn the_sdk_config_honours_aws_endpoint_url() {
         from_env, endpoint,
         "scripts/test exports AWS_ENDPOINT_URL (and test credentials) with the emulator's URL"
     );
-    let sdk = relay_shared::adapters::aws::sdk_config().await;
+    let sdk = relay_shared::adapters::aws::sdk_config()
+        .await
+        .expect("no AWS_CA_BUNDLE in the tests' environment");
     assert_eq!(sdk.endpoint_url(), Some(endpoint.as_str()));
     // A real call through the configuration reaches the emulator.
     let sqs = aws_sdk_sqs::Client::new(&sdk);

@@ -21,20 +21,135 @@ use aws_config::BehaviorVersion;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use std::sync::Arc;
 
-/// An HTTP client for the SDK: rustls on ring, like reqwest's (no OpenSSL, no aws-lc).
+/// Which certificate authorities the SDK's HTTPS client trusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// The machine's own store: the `relay` CLI on an operator's machine, which may reach AWS
+    /// through a proxy whose authority only that store knows.
+    System,
+    /// Amazon Trust Services' roots, compiled in. Every AWS endpoint's certificate chains to
+    /// one of them, and a Lambda function then starts without reading and parsing the
+    /// system's hundred-odd certificates (about 4 ms of each cold start; BENCHMARKS.md).
+    Amazon,
+}
+
+/// The roots of Amazon Trust Services (Amazon Root CA 1 to 4 and the Starfield Services root
+/// they are cross-signed by), as Mozilla's store ships them.
+const AMAZON_ROOTS: &[u8] = include_bytes!("amazon-trust-services-roots.pem");
+
+/// The AWS tools' convention for "trust this bundle instead": a PEM file's path.
+pub const CA_BUNDLE_VAR: &str = "AWS_CA_BUNDLE";
+
+/// Why the SDK's configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SdkConfigError {
+    /// `AWS_CA_BUNDLE` names a file that cannot be read or holds no PEM certificate.
+    #[error("AWS_CA_BUNDLE ({path}): {reason}")]
+    CaBundle {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// An HTTP client for the SDK: rustls on ring, like reqwest's (no OpenSSL, no aws-lc),
+/// trusting the machine's store.
 pub fn http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    https_client(tls::TrustStore::default())
+}
+
+pub(crate) fn https_client(store: tls::TrustStore) -> aws_sdk_dynamodb::config::SharedHttpClient {
+    // `build` cannot fail (it only moves the store in); the default is never taken.
+    let context = tls::TlsContext::builder()
+        .with_trust_store(store)
+        .build()
+        .unwrap_or_default();
     aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(context)
         .build_https()
 }
 
-/// Loads the SDK configuration from the environment: region, credentials, and the endpoint
-/// override `AWS_ENDPOINT_URL` when set.
-pub async fn sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http_client())
+/// The trust store for `trust`, or the bundle `AWS_CA_BUNDLE` names (alone) when it is set.
+pub fn trust_store(trust: Trust) -> Result<tls::TrustStore, SdkConfigError> {
+    let bundle = std::env::var_os(CA_BUNDLE_VAR).filter(|p| !p.is_empty());
+    trust_store_from(trust, bundle.as_deref().map(std::path::Path::new))
+}
+
+fn trust_store_from(
+    trust: Trust,
+    bundle: Option<&std::path::Path>,
+) -> Result<tls::TrustStore, SdkConfigError> {
+    let bad = |path: &str, reason: String| SdkConfigError::CaBundle {
+        path: path.to_string(),
+        reason,
+    };
+    if let Some(path) = bundle {
+        let shown = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|e| bad(&shown, e.to_string()))?;
+        return pem_store(pem).map_err(|reason| bad(&shown, reason));
+    }
+    match trust {
+        Trust::System => Ok(tls::TrustStore::default()),
+        // Checked to parse by a unit test, not at each cold start.
+        Trust::Amazon => Ok(tls::TrustStore::empty()
+            .with_native_roots(false)
+            .with_pem_certificate(AMAZON_ROOTS)),
+    }
+}
+
+/// A store of exactly the certificates in `pem`, each checked to parse (the SDK would panic
+/// on a bad one at its first connection instead).
+fn pem_store(pem: Vec<u8>) -> Result<tls::TrustStore, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(tls::TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(pem))
+}
+
+/// Loads the SDK configuration from the environment: region, credentials (the SDK's whole
+/// default chain: profiles, SSO, web identity, the instance's role), and the endpoint
+/// override `AWS_ENDPOINT_URL` when set; the machine's certificate store (or `AWS_CA_BUNDLE`).
+pub async fn sdk_config() -> Result<SdkConfig, SdkConfigError> {
+    let client = https_client(trust_store(Trust::System)?);
+    Ok(aws_config::defaults(BehaviorVersion::latest())
+        .http_client(client)
         .load()
-        .await
+        .await)
+}
+
+/// The SDK configuration of a Lambda function: Amazon's roots (or `AWS_CA_BUNDLE`), and
+/// the region and credentials Lambda puts in the environment taken from there directly, so
+/// no other provider of the default chains is built at cold start. Without them (another
+/// host) the default chains, as `sdk_config`.
+pub async fn lambda_sdk_config() -> Result<SdkConfig, SdkConfigError> {
+    let client = https_client(trust_store(Trust::Amazon)?);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(client);
+    if let Some(region) = env_nonempty("AWS_REGION") {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    if env_nonempty("AWS_ACCESS_KEY_ID").is_some() {
+        loader = loader.credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        );
+    }
+    Ok(loader.load().await)
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().and_then(nonblank)
+}
+
+/// A setting's value trimmed, `None` when blank (a blank variable counts as unset).
+fn nonblank(v: String) -> Option<String> {
+    Some(v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 /// An SDK configuration for a local emulator (moto, LocalStack) at `endpoint`: fixed test
@@ -90,11 +205,7 @@ impl AwsSettings {
         get: impl Fn(&str) -> Option<String>,
         with_secret: bool,
     ) -> Result<Self, MissingSetting> {
-        let opt = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let opt = |k: &str| get(k).and_then(nonblank);
         let req = |k: &'static str| opt(k).ok_or(MissingSetting(k));
         Ok(Self {
             table: req("TABLE_NAME")?,
@@ -197,6 +308,9 @@ impl AwsAdapters {
         self
     }
 }
+
+#[cfg(test)]
+mod trust_tests;
 
 #[cfg(test)]
 mod tests {
