@@ -273,6 +273,27 @@ async fn invoke(h: &mut Harness, event: &Value) -> anyhow::Result<(f64, bool, St
     }
 }
 
+/// CPU time the process has had, every thread summed (`schedstat`: nanoseconds, unlike the
+/// 10 ms ticks of `stat`), for a warm invoke's own CPU: what Lambda's share of a vCPU at a
+/// given memory size stretches.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The process's peak resident set (`VmHWM`), in KiB: what must fit in the function's memory.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn zipped_size(bin: &Path) -> anyhow::Result<u64> {
     let dir = tempfile::tempdir()?;
     let zip = dir.path().join("fn.zip");
@@ -328,12 +349,16 @@ async fn measure(
         let (_, mut h, mut child) = cold_start(bin, function, aws).await?;
         let (first, first_ok, first_body) = invoke(&mut h, &event).await?;
         let mut warm = Vec::new();
+        let mut cpu = Vec::new();
         let mut oks = usize::from(first_ok);
         for _ in 0..WARM_SAMPLES {
+            let before = cpu_ns(child.id());
             let (ms, ok, _) = invoke(&mut h, &event).await?;
+            cpu.push((cpu_ns(child.id()) - before) as f64 / 1e6);
             warm.push(ms);
             oks += usize::from(ok);
         }
+        let peak_rss_kib = peak_rss_kib(child.id());
         let _ = child.kill();
         let _ = child.wait();
         h.server.abort();
@@ -346,6 +371,8 @@ async fn measure(
             "warm_invoke_ms_median": median(&mut warm),
             "warm_invoke_ms_max": warm_max,
             "warm_samples": WARM_SAMPLES,
+            "warm_cpu_ms_median": median(&mut cpu),
+            "peak_rss_kib": peak_rss_kib,
             "answered_ok": oks,
             "first_answer": first_body,
             "backend": "moto (local AWS emulator)",

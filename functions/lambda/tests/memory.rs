@@ -66,18 +66,16 @@ fn context(secrets: SecretBundle) -> Context<Memory> {
 /// Calls the inbound router with an API Gateway fixture: the status and the JSON answer.
 async fn call(ctx: &Context<Memory>, fixture_name: &str) -> (u16, Value) {
     let request = lambda_http::request::from_str(&fixture(fixture_name)).expect("a request");
-    answer(ctx, request.map(|b| axum::body::Body::from(b.to_vec()))).await
+    let request = request.map(|b| axum::body::Body::from(b.to_vec()));
+    answer(inbound::router(ctx), request).await
 }
 
-/// The inbound router's answer to a request: its status and JSON body.
+/// A router's answer to a request: its status and JSON body.
 async fn answer(
-    ctx: &Context<Memory>,
+    router: axum::Router,
     request: axum::http::Request<axum::body::Body>,
 ) -> (u16, Value) {
-    let response = inbound::router(ctx)
-        .oneshot(request)
-        .await
-        .expect("an answer");
+    let response = router.oneshot(request).await.expect("an answer");
     let status = response.status().as_u16();
     let body = axum::body::to_bytes(response.into_body(), 1 << 20).await;
     let json = serde_json::from_slice(&body.expect("a body")).unwrap_or(Value::Null);
@@ -200,11 +198,16 @@ async fn an_accepted_event_is_kept_for_the_configs_events_window() {
 
 /// Calls the inbound router with a GET and a key, as API Gateway passes it on.
 async fn get_with(ctx: &Context<Memory>, path: &str, key: &str) -> (u16, Value) {
+    get_from(inbound::router(ctx), path, key).await
+}
+
+/// `GET path` with `key` from `router` (one router kept across calls holds its state).
+async fn get_from(router: axum::Router, path: &str, key: &str) -> (u16, Value) {
     let request = axum::http::Request::get(path)
         .header("authorization", format!("Bearer {key}"))
         .body(axum::body::Body::empty())
         .expect("a request");
-    answer(ctx, request).await
+    answer(router, request).await
 }
 
 #[tokio::test]
@@ -512,4 +515,39 @@ async fn the_daily_run_submits_todays_birthdays_once() {
         handler.handle(json!({"job": "due-timers"})).await.is_err(),
         "no minute run"
     );
+}
+
+#[tokio::test]
+async fn on_aws_a_container_reuses_its_status_answer_for_30_seconds() {
+    let config = Config::parse(RULES, "test rules").expect("valid test rules");
+    let clock = Arc::new(ManualClock::at_ms(FIXTURE_MS));
+    let ctx = Context::in_memory(config, secrets(false), clock.clone());
+    let router = inbound::router(&ctx);
+    let sent_last_hour = |router: axum::Router| async move {
+        let (status, v) = get_from(router, "/v1/status", "fixture-admin-key").await;
+        assert_eq!(status, 200, "{v}");
+        (
+            v["deliveries"]["last_hour"]["sent"].clone(),
+            v["as_of"].clone(),
+        )
+    };
+    let first = attempted("dlv_one", AttemptClass::Success, FIXTURE_MS - 60_000);
+    ctx.ports.store.insert_new(&[first]).await.unwrap();
+    let (sent, as_of) = sent_last_hour(router.clone()).await;
+    assert_eq!(
+        (sent, as_of.clone()),
+        (json!(1), json!("2026-11-26T10:00:01.000Z"))
+    );
+
+    let second = attempted("dlv_two", AttemptClass::Success, FIXTURE_MS - 30_000);
+    ctx.ports.store.insert_new(&[second]).await.unwrap();
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(
+        sent_last_hour(router.clone()).await,
+        (json!(1), as_of),
+        "within 30 s the same answer, as of when it was made"
+    );
+    clock.advance(Duration::from_secs(1));
+    let (sent, _) = sent_last_hour(router).await;
+    assert_eq!(sent, json!(2), "then counted afresh");
 }
