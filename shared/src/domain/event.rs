@@ -209,13 +209,21 @@ impl Event {
 
     /// The event as the JSON object templates see as `event`.
     pub fn to_value(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "type": self.kind,
-            "occurred_at": self.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-            "contact": self.contact,
-            "data": self.data,
-        })
+        // Built by hand: `json!` would copy the maps through serde's serializer, several
+        // times slower than a clone (BENCHMARKS.md, issue 16).
+        let mut out = Map::new();
+        out.insert("id".into(), Value::String(self.id.0.clone()));
+        out.insert("type".into(), Value::String(self.kind.0.clone()));
+        out.insert(
+            "occurred_at".into(),
+            Value::String(
+                self.occurred_at
+                    .to_rfc3339_opts(SecondsFormat::Millis, true),
+            ),
+        );
+        out.insert("contact".into(), Value::Object(self.contact.clone()));
+        out.insert("data".into(), Value::Object(self.data.clone()));
+        Value::Object(out)
     }
 }
 
@@ -232,8 +240,48 @@ pub struct Submitted {
 pub fn hash_value(value: &Value) -> String {
     // serde_json's Map is a BTreeMap here (no preserve_order), so keys come out sorted.
     // A `Value` always serialises (its keys are strings); nothing is hidden here.
-    let canonical = serde_json::to_vec(value).unwrap_or_default();
-    hex::encode(Sha256::digest(&canonical))
+    let mut sink = HashSink {
+        hasher: Sha256::new(),
+        buf: [0; 512],
+        len: 0,
+    };
+    let _ = serde_json::to_writer(&mut sink, value);
+    sink.flush_buf();
+    hex::encode(sink.hasher.finalize())
+}
+
+/// Hashes what is written to it, in chunks: the canonical JSON was a growing `Vec` whose
+/// reallocations cost a sixth of an event's core (BENCHMARKS.md, issue 16).
+struct HashSink {
+    hasher: Sha256,
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl HashSink {
+    fn flush_buf(&mut self) {
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl std::io::Write for HashSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.len + bytes.len() > self.buf.len() {
+            self.flush_buf();
+        }
+        if bytes.len() > self.buf.len() {
+            self.hasher.update(bytes);
+        } else {
+            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parses a `POST /v1/events` body that is already JSON: one event, or `{"events": [...]}`.
@@ -512,6 +560,14 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_hash_is_sha256_of_the_canonical_json() {
+        let long = "ž".repeat(700);
+        let v = json!({"id": "a", "type": "t", "data": {"long": long, "n": [1, 2.5, null]}});
+        let canonical = serde_json::to_vec(&v).unwrap();
+        assert_eq!(hash_value(&v), hex::encode(Sha256::digest(&canonical)));
     }
 
     #[test]

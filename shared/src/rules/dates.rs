@@ -44,7 +44,7 @@ pub fn to_smartemailing(value: &Value, zone: Tz) -> Result<Option<String>, Strin
         other => return Err(format!("{other} is not a date")),
     };
     if let Some(at) = with_offset(text) {
-        return Ok(Some(at.with_timezone(&zone).format(FORMAT).to_string()));
+        return Ok(Some(formatted(&at.with_timezone(&zone).naive_local())));
     }
     for f in [
         "%Y-%m-%d %H:%M:%S",
@@ -55,7 +55,7 @@ pub fn to_smartemailing(value: &Value, zone: Tz) -> Result<Option<String>, Strin
         "%Y-%m-%dT%H:%M",
     ] {
         if let Ok(local) = NaiveDateTime::parse_from_str(text, f) {
-            return Ok(Some(local.format(FORMAT).to_string()));
+            return Ok(Some(formatted(&local)));
         }
     }
     if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -64,6 +64,25 @@ pub fn to_smartemailing(value: &Value, zone: Tz) -> Result<Option<String>, Strin
     Err(format!(
         "`{text}` is not a date (write RFC 3339 such as 2026-11-26T10:00:00Z, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD)"
     ))
+}
+
+/// `at` in [`FORMAT`], written directly: chrono's `format` parses the format string on each
+/// call, a tenth of rendering an order (BENCHMARKS.md, issue 16).
+fn formatted(at: &NaiveDateTime) -> String {
+    use chrono::{Datelike, Timelike};
+    if !(0..=9999).contains(&at.year()) {
+        // chrono writes a sign and more digits out there; keep its spelling.
+        return at.format(FORMAT).to_string();
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
 }
 
 /// A date with an offset: RFC 3339, or ISO 8601's `+0100` form.
@@ -134,6 +153,22 @@ mod tests {
             se(json!("2026-11-26T10:00:00+0100")).unwrap().unwrap(),
             "2026-11-26 10:00:00"
         );
+    }
+
+    #[test]
+    fn the_format_is_chronos_to_the_digit() {
+        for text in [
+            "0001-01-01 00:00:00",
+            "0999-02-03 04:05:06",
+            "2026-11-26 23:59:59",
+            "9999-12-31 23:59:59",
+        ] {
+            let at = NaiveDateTime::parse_from_str(text, FORMAT).unwrap();
+            assert_eq!(formatted(&at), at.format(FORMAT).to_string());
+        }
+        // Past 9999 in the account's zone: chrono's own spelling, sign and all.
+        let late = se(json!("9999-12-31T23:30:00Z")).unwrap().unwrap();
+        assert_eq!(late, "+10000-01-01 00:30:00");
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod config;
 pub mod dates;
 pub mod references;
 pub mod render;
+mod shortcut;
 pub mod template;

@@ -6,6 +6,7 @@
 
 use crate::rules::dates::{self, AccountDates};
 use crate::rules::references;
+use crate::rules::shortcut::Shortcut;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use tera::{Context, Tera};
@@ -55,6 +56,8 @@ pub struct TemplateSet {
     tera: Tera,
     count: usize,
     dates: AccountDates,
+    /// The templates rendered without Tera, by name.
+    shortcuts: HashMap<String, Shortcut>,
 }
 
 impl std::fmt::Debug for TemplateSet {
@@ -108,6 +111,7 @@ impl TemplateSet {
             tera,
             count: 0,
             dates,
+            shortcuts: HashMap::new(),
         }
     }
 
@@ -136,7 +140,12 @@ impl TemplateSet {
             ));
         }
         let problems = match self.tera.get_template(&name) {
-            Ok(t) => references::unknown_references(&t.ast),
+            Ok(t) => {
+                if let Some(s) = Shortcut::of(&t.ast) {
+                    self.shortcuts.insert(name.clone(), s);
+                }
+                references::unknown_references(&t.ast)
+            }
             Err(e) => vec![tera_message(&e)],
         };
         if !problems.is_empty() {
@@ -233,6 +242,10 @@ impl TemplateSet {
             Node::Value(v) => v.clone(),
             Node::Text(p) => Value::String(self.render_str(p, ctx)?),
             Node::Typed { name, place } => {
+                let quick = self.shortcuts.get(name.as_str());
+                if let Some(v) = quick.and_then(|s| s.value(ctx, MAX_RENDERED_BYTES)) {
+                    return Ok(v);
+                }
                 let text = self.run(name, place, ctx)?;
                 serde_json::from_str(&text).map_err(|e| TemplateError {
                     place: place.clone(),
@@ -256,6 +269,10 @@ impl TemplateSet {
     }
 
     fn run(&self, name: &str, place: &str, ctx: &Context) -> Result<String, TemplateError> {
+        let quick = self.shortcuts.get(name);
+        if let Some(out) = quick.and_then(|s| s.text(ctx, MAX_RENDERED_BYTES)) {
+            return Ok(out);
+        }
         let out = self.tera.render(name, ctx).map_err(|e| TemplateError {
             place: place.to_string(),
             message: tera_message(&e),
@@ -318,15 +335,18 @@ fn sha256_filter(value: &Value, _: &HashMap<String, Value>) -> tera::Result<Valu
 
 /// Builds the context every template sees: `event`, `contact`, `data` and `now`.
 pub fn context(event: &crate::domain::event::Event, now: chrono::DateTime<chrono::Utc>) -> Context {
-    let mut ctx = Context::new();
-    ctx.insert("event", &event.to_value());
-    ctx.insert("contact", &event.contact);
-    ctx.insert("data", &event.data);
-    ctx.insert(
-        "now",
-        &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    // Moved in, not `insert`ed: `Context::insert` copies each value through serde's
+    // serializer, which was a seventh of an event's render (BENCHMARKS.md, issue 16).
+    let mut root = Map::new();
+    root.insert("event".into(), event.to_value());
+    root.insert("contact".into(), Value::Object(event.contact.clone()));
+    root.insert("data".into(), Value::Object(event.data.clone()));
+    root.insert(
+        "now".into(),
+        Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     );
-    ctx
+    // `from_value` refuses only what is not an object.
+    Context::from_value(Value::Object(root)).unwrap_or_default()
 }
 
 fn has_syntax(s: &str) -> bool {

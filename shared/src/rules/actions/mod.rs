@@ -281,6 +281,17 @@ fn failed(e: TemplateError) -> NotRendered {
     NotRendered::Failed(e.to_string())
 }
 
+/// A JSON object of `entries`, moved in: `json!` would copy each rendered value through
+/// serde's serializer.
+fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Object(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
 /// A whole-number id from a number or a numeric string.
 fn as_id(v: &Value) -> Option<i64> {
     match v {

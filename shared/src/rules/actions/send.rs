@@ -1,7 +1,7 @@
 //! What the send actions (`send_email`, `send_transactional_email`, `send_sms`) share: the
 //! compiled [`SendTask`], its compile steps and its render.
 
-use super::{as_id, scalar_text, Compiler, NotRendered, Scope};
+use super::{as_id, object, scalar_text, Compiler, NotRendered, Scope};
 use crate::domain::delivery::Prepared;
 use crate::domain::smartemailing::Endpoint;
 use crate::rules::template::{Node, Piece};
@@ -95,16 +95,19 @@ impl SendTask {
                 group[key] = json!(id);
             }
         }
-        let mut recipient = json!({"emailaddress": email});
+        let mut recipient = object([("emailaddress", Value::String(email))]);
         if self.endpoint == Endpoint::CustomSms {
             recipient["cellphone"] = Value::String(self.phone(s)?);
         }
         let mut rep = Vec::new();
         for (key, node) in &self.replace {
             let v = s.tree(node)?;
-            rep.push(json!({"key": key, "content": scalar_text(&v)}));
+            rep.push(object([
+                ("key", Value::String(key.clone())),
+                ("content", scalar_text(&v)),
+            ]));
         }
-        let mut task = json!({"recipient": recipient, "replace": rep});
+        let mut task = object([("recipient", recipient), ("replace", Value::Array(rep))]);
         if let Some(tv) = &self.template_variables {
             task["template_variables"] = s.tree(tv)?;
         }

@@ -1,11 +1,11 @@
 //! `trigger_event`: starts a SmartEmailing automation listening for a named event.
 
-use super::{Compiler, NotRendered, Scope};
+use super::{object, Compiler, NotRendered, Scope};
 use crate::domain::delivery::Prepared;
 use crate::domain::smartemailing::Endpoint;
 use crate::rules::template::{Node, Piece};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 
 /// The action as written in the config.
 #[derive(Debug, Deserialize)]
@@ -58,7 +58,7 @@ impl TriggerEvent {
         }
         let payload = match &self.payload {
             Some(p) => s.tree(p)?,
-            None => json!({}),
+            None => Value::Object(Map::new()),
         };
         if !payload.is_object() {
             return Err(NotRendered::Failed(
@@ -68,7 +68,11 @@ impl TriggerEvent {
         Ok(Prepared::SmartEmailing {
             endpoint: Endpoint::TriggerEvent,
             group: Value::Null,
-            item: json!({"emailaddress": email, "name": name, "payload": payload}),
+            item: object([
+                ("emailaddress", Value::String(email)),
+                ("name", Value::String(name)),
+                ("payload", payload),
+            ]),
         })
     }
 }
