@@ -115,6 +115,7 @@ pub async fn start(listener: TcpListener, opts: RunnerOptions) -> Result<Relay, 
         queue: shared.clone(),
         telemetry: telemetry.clone(),
         platform: Platform::Local,
+        status_cache: Default::default(),
     });
     let server = tokio::spawn(serve_api(listener, state, stop_rx));
     let workers = spawn_workers(&opts, &store, &wakes, &stop, &telemetry);
@@ -165,6 +166,7 @@ fn spawn_workers(
         opts.clock.clone(),
         Some(wakes.dispatch.clone()),
     )
+    .with_atomic(shared.clone())
     .with_telemetry(telemetry.clone());
     let dispatcher = Dispatcher::new(
         opts.config.clone(),
@@ -531,23 +533,20 @@ async fn render_loop(
             Next::Again => continue,
             Next::Batch(m) => m,
         };
-        let mut done = Vec::new();
-        match step.handle_batch(&msgs).await {
+        // The pass's deliveries, timers, dispatch jobs and the deletion of its jobs share
+        // one commit; on an error none is written, and the jobs are rendered again.
+        match step.handle_and_ack(&msgs).await {
             Ok(results) => {
-                for (m, r) in msgs.iter().zip(results) {
+                for r in results {
                     if let RenderResult::Unreadable(why) = r {
                         tracing::error!(reason = %why, "dropping a poison render job");
                     }
-                    done.push(m.handle.clone());
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "render failed; the jobs will be retried");
                 gate.failed_pass(&store);
             }
-        }
-        if let Err(e) = store.ack(QueueName::Render, &done).await {
-            tracing::warn!(error = %e, "cannot delete rendered jobs; they will be rendered again harmlessly");
         }
     }
 }

@@ -607,6 +607,87 @@ impl crate::ports::AtomicAccept for SqliteStore {
     }
 }
 
+#[async_trait]
+impl crate::ports::AtomicRender for SqliteStore {
+    async fn render_atomic(
+        &self,
+        records: Vec<DeliveryRecord>,
+        plan: crate::ports::PassPlan,
+        acks: Vec<String>,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let (now, retention) = (self.clock.now_ms(), self.retention);
+        self.run(move |conn| {
+            let sp = conn.savepoint().map_err(unavailable)?;
+            let stored = store_new(&sp, records, now, retention).map_err(unavailable)?;
+            let writes = plan(&stored)?;
+            write_pass(&sp, &writes, &acks, now).map_err(unavailable)?;
+            sp.commit().map_err(unavailable)?;
+            Ok(stored)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+/// Stores new deliveries and returns them as stored: the ones stored now as given, the
+/// others (ids stored before) as read back, so they need no read after the commit.
+fn store_new(
+    tx: &Connection,
+    records: Vec<DeliveryRecord>,
+    now: i64,
+    retention: Retention,
+) -> rusqlite::Result<Vec<DeliveryRecord>> {
+    let mut insert = tx.prepare_cached(&insert_delivery_sql())?;
+    let mut read = tx.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
+    ))?;
+    let mut stored = Vec::with_capacity(records.len());
+    for r in records {
+        if insert_delivery(
+            &mut insert,
+            &r,
+            retention.delivery_expires_at(r.status, now),
+        )? == 1
+        {
+            stored.push(r);
+        } else if let Some(old) = read
+            .query_row(params![r.id.as_str()], delivery_from_row)
+            .optional()?
+        {
+            stored.push(old);
+        }
+    }
+    Ok(stored)
+}
+
+/// The rest of a render pass: its timers, its dispatch jobs (visible from `now` plus their
+/// delay), and the deletion of its render jobs.
+fn write_pass(
+    tx: &Connection,
+    writes: &crate::ports::PassWrites,
+    acks: &[String],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut hold = tx.prepare_cached(HOLD_TIMER)?;
+    for (correlation, ids, due) in &writes.timers {
+        for id in ids {
+            hold.execute(params![correlation, id.as_str(), due])?;
+        }
+    }
+    let mut enqueue = tx.prepare_cached(ENQUEUE)?;
+    for (delay, bodies) in &writes.jobs {
+        let visible_at = now + delay.as_millis() as i64;
+        for b in bodies {
+            enqueue.execute(params![QueueName::Dispatch.as_str(), b, visible_at])?;
+        }
+    }
+    let mut ack = tx.prepare_cached(ACK)?;
+    for h in acks {
+        ack.execute(params![h.parse::<i64>().unwrap_or(-1)])?;
+    }
+    Ok(())
+}
+
 /// Claims one event id inside a transaction: `Started` (stored) when free, expired or held
 /// IN_PROGRESS past its lease; otherwise the record that holds it.
 fn claim_event(tx: &Connection, record: &EventRecord, now_ms: i64) -> Result<Begin, StoreError> {
@@ -657,6 +738,19 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
 
 /// Enqueues one job: queue, body, visible at (Unix ms).
 const ENQUEUE: &str = "INSERT INTO jobs (queue, body, visible_at) VALUES (?1, ?2, ?3)";
+/// Writes a delivery's state. `created_at` is left to `MOVE_DELIVERY`: naming it in the
+/// `SET` makes SQLite rewrite the five indexes that hold it, even when it is unchanged (an
+/// outcome's write took twice as long; issue 16).
+const SAVE_DELIVERY: &str = "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
+     next_attempt_at = ?7, request = ?8, expires_at = ?9, attempt_log = ?10 WHERE id = ?1";
+/// Moves a delivery to a new creation time (a replay), writing nothing when it has it.
+const MOVE_DELIVERY: &str =
+    "UPDATE deliveries SET created_at = ?2 WHERE id = ?1 AND created_at != ?2";
+/// Deletes one handled job (its handle).
+const ACK: &str = "DELETE FROM jobs WHERE id = ?1";
+/// Holds one delivery under a correlation key until its due time.
+const HOLD_TIMER: &str =
+    "INSERT OR IGNORE INTO timers (correlation, delivery_id, due_at) VALUES (?1, ?2, ?3)";
 
 /// Remembers one birthday (the latest given wins): e-mail (lower case), month, day, date.
 const REMEMBER_BIRTHDAY: &str = "INSERT INTO birthdays (email, month, day, birthday) VALUES (?1, ?2, ?3, ?4)
@@ -780,30 +874,8 @@ impl DeliveryStore for SqliteStore {
         let records = records.to_vec();
         let (now, retention) = (self.clock.now_ms(), self.retention);
         self.run(move |conn| {
-            let sql = format!(
-                "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-            );
-            execute_each(conn, &sql, &records, |stmt, r| {
-                stmt.execute(params![
-                    r.id.as_str(),
-                    r.event_id.as_str(),
-                    r.rule,
-                    r.action,
-                    r.action_index as i64,
-                    r.status.as_str(),
-                    r.attempts as i64,
-                    r.last_error,
-                    r.last_response,
-                    r.sent_at,
-                    r.next_attempt_at,
-                    request_json(r)?,
-                    r.created_at,
-                    r.chain_depth as i64,
-                    r.email,
-                    r.event_type,
-                    attempts_json(r)?,
-                    retention.delivery_expires_at(r.status, now)
-                ])
+            execute_each(conn, &insert_delivery_sql(), &records, |stmt, r| {
+                insert_delivery(stmt, r, retention.delivery_expires_at(r.status, now))
             })
             .map_err(unavailable)
         })
@@ -839,13 +911,12 @@ impl DeliveryStore for SqliteStore {
         let records = records.to_vec();
         let (now, retention) = (self.clock.now_ms(), self.retention);
         self.run(move |conn| {
-            execute_each(
-                conn,
-                "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, last_response = ?5, sent_at = ?6,
-                 next_attempt_at = ?7, request = ?8, expires_at = ?9, created_at = ?10, attempt_log = ?11 WHERE id = ?1",
-                &records,
-                |stmt, r| {
-                    stmt.execute(params![
+            let sp = conn.savepoint()?;
+            {
+                let mut save = sp.prepare_cached(SAVE_DELIVERY)?;
+                let mut moved = sp.prepare_cached(MOVE_DELIVERY)?;
+                for r in &records {
+                    save.execute(params![
                         r.id.as_str(),
                         r.status.as_str(),
                         r.attempts as i64,
@@ -855,15 +926,16 @@ impl DeliveryStore for SqliteStore {
                         r.next_attempt_at,
                         request_json(r)?,
                         retention.delivery_expires_at(r.status, now),
-                        r.created_at,
                         attempts_json(r)?,
-                    ])
-                },
-            )
-            .map_err(unavailable)
+                    ])?;
+                    moved.execute(params![r.id.as_str(), r.created_at])?;
+                }
+            }
+            sp.commit()
         })
         .await
         .map_err(unavailable)?
+        .map_err(unavailable)
     }
 
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
@@ -1022,6 +1094,41 @@ impl Where {
     }
 }
 
+/// Stores a delivery unless its id is stored already (`INSERT OR IGNORE`).
+fn insert_delivery_sql() -> String {
+    format!(
+        "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+    )
+}
+
+/// Runs `insert_delivery_sql` for one delivery; 1 when it was stored, 0 when its id was.
+fn insert_delivery(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    r: &DeliveryRecord,
+    expires_at: Option<i64>,
+) -> rusqlite::Result<usize> {
+    stmt.execute(params![
+        r.id.as_str(),
+        r.event_id.as_str(),
+        r.rule,
+        r.action,
+        r.action_index as i64,
+        r.status.as_str(),
+        r.attempts as i64,
+        r.last_error,
+        r.last_response,
+        r.sent_at,
+        r.next_attempt_at,
+        request_json(r)?,
+        r.created_at,
+        r.chain_depth as i64,
+        r.email,
+        r.event_type,
+        attempts_json(r)?,
+        expires_at
+    ])
+}
+
 /// The stored form of a delivery's attempt log (`NULL` while it has none).
 fn attempts_json(r: &DeliveryRecord) -> rusqlite::Result<Option<String>> {
     if r.attempt_log.is_empty() {
@@ -1125,12 +1232,9 @@ impl Queue for SqliteStore {
         let handles = handles.to_vec();
         let n = handles.len();
         self.run(move |conn| {
-            execute_each(
-                conn,
-                "DELETE FROM jobs WHERE id = ?1",
-                &handles,
-                |stmt, h| stmt.execute(params![h.parse::<i64>().unwrap_or(-1)]),
-            )
+            execute_each(conn, ACK, &handles, |stmt, h| {
+                stmt.execute(params![h.parse::<i64>().unwrap_or(-1)])
+            })
             .map_err(|e| queue_err(e, n))
         })
         .await
@@ -1185,12 +1289,9 @@ impl TimerStore for SqliteStore {
         let correlation = correlation.to_string();
         let deliveries = deliveries.to_vec();
         self.run(move |conn| {
-            execute_each(
-                conn,
-                "INSERT OR IGNORE INTO timers (correlation, delivery_id, due_at) VALUES (?1, ?2, ?3)",
-                &deliveries,
-                |stmt, id| stmt.execute(params![correlation, id.as_str(), due_ms]),
-            )
+            execute_each(conn, HOLD_TIMER, &deliveries, |stmt, id| {
+                stmt.execute(params![correlation, id.as_str(), due_ms])
+            })
             .map_err(unavailable)
         })
         .await
@@ -1373,6 +1474,16 @@ mod tests {
         s.accept_atomic(records, bodies, NOW_MS).await
     }
 
+    /// The bodies of the messages due on `queue`, leased.
+    async fn bodies(s: &SqliteStore, queue: QueueName) -> Vec<String> {
+        s.receive(queue, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect()
+    }
+
     // Many accepts at once share commits; each stays all or nothing: the call that reuses a
     // stored id with another payload stores none of its events, the others store all theirs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1437,14 +1548,7 @@ mod tests {
         s.send(QueueName::Render, vec!["b".into()], Duration::ZERO)
             .await
             .unwrap();
-        let bodies: Vec<String> = s
-            .receive(QueueName::Render, 10, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.body)
-            .collect();
-        assert_eq!(bodies, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(bodies(&s, QueueName::Render).await, vec!["a", "b"]);
     }
 
     // The answer comes after the commit: what a call was told is stored is on disk for a
@@ -1462,5 +1566,71 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!((n, jobs), (2, 2));
+    }
+
+    // A render pass's writes share one commit: the new deliveries are stored as given, one
+    // stored before comes back as stored (unchanged), the plan sees them as stored, and its
+    // dispatch jobs land with the deletion of the render job; a failing plan writes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_render_pass_is_written_in_one_commit_or_not_at_all() {
+        use crate::domain::delivery::fixtures::pending;
+        use crate::ports::{AtomicRender, PassWrites};
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let mut old = pending("evt-old");
+        old.status = DeliveryStatus::Sent;
+        s.insert_new(std::slice::from_ref(&old)).await.unwrap();
+        s.send(QueueName::Render, vec!["job".into()], Duration::ZERO)
+            .await
+            .unwrap();
+        let job = s
+            .receive(QueueName::Render, 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .remove(0);
+        let mut again = old.clone();
+        again.status = DeliveryStatus::Pending;
+        let new = pending("evt-new");
+
+        let failing = s
+            .render_atomic(
+                vec![new.clone()],
+                Box::new(|_| Err(StoreError::Corrupt("a bad plan".into()))),
+                vec![job.handle.clone()],
+            )
+            .await;
+        assert!(failing.is_err());
+        assert!(s
+            .get_many(std::slice::from_ref(&new.id))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.queue_depth(QueueName::Render).unwrap(), 1);
+
+        let stored = s
+            .render_atomic(
+                vec![again, new.clone()],
+                Box::new(|stored| {
+                    let bodies = stored.iter().map(|r| r.status.as_str().to_string());
+                    Ok(PassWrites {
+                        timers: Vec::new(),
+                        jobs: vec![(Duration::ZERO, bodies.collect())],
+                    })
+                }),
+                vec![job.handle],
+            )
+            .await
+            .unwrap();
+        let statuses: Vec<DeliveryStatus> = stored.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            vec![DeliveryStatus::Sent, DeliveryStatus::Pending]
+        );
+        assert_eq!(stored[1].id, new.id);
+        assert_eq!(s.queue_depth(QueueName::Render).unwrap(), 0);
+        assert_eq!(
+            bodies(&s, QueueName::Dispatch).await,
+            vec!["sent", "pending"]
+        );
     }
 }

@@ -6,7 +6,11 @@ use crate::domain::delivery::{DeliveryId, DeliveryRecord, DeliveryStatus, Prepar
 use crate::domain::event::Event;
 use crate::ports::clock::Clock;
 use crate::ports::queue::{send_jobs, DispatchJob, Message, RenderJob};
-use crate::ports::{ContactStore, DeliveryStore, Queue, QueueError, StoreError, TimerStore};
+use crate::ports::queue::{Job, QueueName};
+use crate::ports::{
+    AtomicRender, ContactStore, DeliveryStore, PassPlan, PassWrites, Queue, QueueError, StoreError,
+    TimerStore,
+};
 use crate::rules::config::Config;
 use crate::rules::render::{render_event, NotRendered};
 use crate::telemetry::Telemetry;
@@ -25,6 +29,8 @@ pub struct RenderStep {
     timers: Arc<dyn TimerStore>,
     contacts: Arc<dyn ContactStore>,
     telemetry: Option<Arc<Telemetry>>,
+    /// Writes a pass in one commit where the store can (`with_atomic`).
+    atomic: Option<Arc<dyn AtomicRender>>,
 }
 
 /// The ports the render step writes to.
@@ -80,7 +86,15 @@ impl RenderStep {
             timers: ports.timers,
             contacts: ports.contacts,
             telemetry: None,
+            atomic: None,
         }
+    }
+
+    /// Writes each pass of `handle_and_ack` (deliveries, timers, dispatch jobs, the deletion
+    /// of its messages) in one commit of `store`.
+    pub fn with_atomic(mut self, store: Arc<dyn AtomicRender>) -> Self {
+        self.atomic = Some(store);
+        self
     }
 
     /// Counts each stored delivery's first status in `telemetry` (`relay_deliveries_total`).
@@ -104,6 +118,26 @@ impl RenderStep {
         &self,
         messages: &[Message],
     ) -> Result<Vec<RenderResult>, RenderError> {
+        self.pass(messages, None).await
+    }
+
+    /// Renders a batch as `handle_batch` does and deletes its messages from the render
+    /// queue: in the same commit as the rest of the pass where the store can
+    /// (`with_atomic`), else after it.
+    pub async fn handle_and_ack(
+        &self,
+        messages: &[Message],
+    ) -> Result<Vec<RenderResult>, RenderError> {
+        let handles = messages.iter().map(|m| m.handle.clone()).collect();
+        self.pass(messages, Some(handles)).await
+    }
+
+    /// One pass; `acks`: the messages to delete with it.
+    async fn pass(
+        &self,
+        messages: &[Message],
+        acks: Option<Vec<String>>,
+    ) -> Result<Vec<RenderResult>, RenderError> {
         let now = self.clock.now();
         let (unreadable, jobs) = decode(messages);
         let mut rendered: Vec<(usize, DeliveryRecord)> = Vec::new();
@@ -111,13 +145,13 @@ impl RenderStep {
             self.observe(&job.event).await?;
             rendered.extend(self.records_for(job, now).into_iter().map(|r| (*i, r)));
         }
-        let stored = self.store(&rendered).await?;
+        let correlations = self.correlations(&rendered, &jobs);
+        let stored = self
+            .write_pass(&rendered, correlations, acks, now.timestamp_millis())
+            .await?;
         self.count(&stored);
         let owner: HashMap<&DeliveryId, usize> =
             rendered.iter().map(|(i, r)| (&r.id, *i)).collect();
-        self.hold_timers(&stored, &owner, &jobs, now.timestamp_millis())
-            .await?;
-        self.enqueue(&stored, now.timestamp_millis()).await?;
         let mut mine: HashMap<usize, Vec<DeliveryRecord>> = HashMap::new();
         for r in stored {
             if let Some(&i) = owner.get(&r.id) {
@@ -131,6 +165,55 @@ impl RenderStep {
                 None => RenderResult::Done(mine.remove(&i).unwrap_or_default()),
             })
             .collect())
+    }
+
+    /// Stores the pass's deliveries, holds the timers and enqueues the dispatch jobs of them
+    /// as stored, deletes `acks`, and wakes the dispatcher; in one commit where the store
+    /// can. Returns the deliveries as stored.
+    async fn write_pass(
+        &self,
+        rendered: &[(usize, DeliveryRecord)],
+        correlations: HashMap<DeliveryId, String>,
+        acks: Option<Vec<String>>,
+        now_ms: i64,
+    ) -> Result<Vec<DeliveryRecord>, RenderError> {
+        let stored = match (&self.atomic, acks) {
+            (Some(store), Some(acks)) => {
+                let records = rendered.iter().map(|(_, r)| r.clone()).collect();
+                let plan: PassPlan = Box::new(move |stored: &[DeliveryRecord]| {
+                    Ok(PassWrites {
+                        timers: timer_groups(stored, &correlations, now_ms),
+                        jobs: encoded(dispatch_jobs(stored, now_ms))?,
+                    })
+                });
+                store.render_atomic(records, plan, acks).await?
+            }
+            (_, acks) => {
+                let stored = self.store(rendered).await?;
+                for (correlation, ids, due) in timer_groups(&stored, &correlations, now_ms) {
+                    self.timers.hold(&correlation, &ids, due).await?;
+                }
+                for (delay, jobs) in dispatch_jobs(&stored, now_ms) {
+                    send_jobs(self.queue.as_ref(), &jobs, delay).await?;
+                }
+                if let Some(acks) = acks.filter(|a| !a.is_empty()) {
+                    self.queue.ack(QueueName::Render, &acks).await?;
+                }
+                stored
+            }
+        };
+        let enqueued = stored.iter().any(|r| {
+            matches!(
+                r.status,
+                DeliveryStatus::Pending | DeliveryStatus::Scheduled
+            )
+        });
+        if enqueued {
+            if let Some(w) = &self.wake {
+                w.notify_one();
+            }
+        }
+        Ok(stored)
     }
 
     /// Counts the deliveries a pass stored, each in its first status (a job rendered again
@@ -167,19 +250,18 @@ impl RenderStep {
         self.deliveries.get_many(&ids).await
     }
 
-    /// Registers the scheduled deliveries a later event may cancel, under
-    /// `<rule>:<value at the unless path>`, grouped by due time.
-    async fn hold_timers(
+    /// The key under which each scheduled delivery rendered is held, so a later event may
+    /// cancel it: `<rule>:<value at the unless path>`, for the rules with an `unless`.
+    fn correlations(
         &self,
-        stored: &[DeliveryRecord],
-        owner: &HashMap<&DeliveryId, usize>,
+        rendered: &[(usize, DeliveryRecord)],
         jobs: &[Positioned],
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let mut held: HashMap<(String, i64), Vec<DeliveryId>> = HashMap::new();
-        for r in stored
+    ) -> HashMap<DeliveryId, String> {
+        let by_position: HashMap<usize, &RenderJob> = jobs.iter().map(|(i, j)| (*i, j)).collect();
+        let mut out = HashMap::new();
+        for (i, r) in rendered
             .iter()
-            .filter(|r| r.status == DeliveryStatus::Scheduled)
+            .filter(|(_, r)| r.status == DeliveryStatus::Scheduled)
         {
             let Some(unless) = self
                 .config
@@ -188,60 +270,20 @@ impl RenderStep {
             else {
                 continue;
             };
-            let Some(job) = owner
-                .get(&r.id)
-                .and_then(|i| jobs.iter().find(|(j, _)| j == i))
-                .map(|(_, j)| j)
-            else {
+            let Some(job) = by_position.get(i) else {
                 continue;
             };
             match job.event.lookup(&unless.match_path) {
-                Some(value) => held
-                    .entry((
-                        format!("{}:{value}", r.rule),
-                        r.next_attempt_at.unwrap_or(now_ms),
-                    ))
-                    .or_default()
-                    .push(r.id.clone()),
+                Some(value) => {
+                    out.insert(r.id.clone(), format!("{}:{value}", r.rule));
+                }
                 None => {
                     tracing::warn!(event = %job.event.id, rule = %r.rule, path = %unless.match_path,
                     "the event has no value at the `unless` path; this timer cannot be cancelled")
                 }
             }
         }
-        for ((correlation, due), ids) in held {
-            self.timers.hold(&correlation, &ids, due).await?;
-        }
-        Ok(())
-    }
-
-    /// Enqueues a dispatch job for each pending delivery now and each scheduled one when
-    /// due (grouped by due time), and wakes the dispatcher.
-    async fn enqueue(&self, stored: &[DeliveryRecord], now_ms: i64) -> Result<(), QueueError> {
-        let mut by_delay: BTreeMap<u64, Vec<DispatchJob>> = BTreeMap::new();
-        for r in stored {
-            let delay = match r.status {
-                DeliveryStatus::Pending => 0,
-                DeliveryStatus::Scheduled => r
-                    .next_attempt_at
-                    .map(|d| (d - now_ms).max(0) as u64)
-                    .unwrap_or(0),
-                _ => continue,
-            };
-            by_delay.entry(delay).or_default().push(DispatchJob {
-                delivery: r.id.clone(),
-            });
-        }
-        let enqueued = !by_delay.is_empty();
-        for (delay, jobs) in by_delay {
-            send_jobs(self.queue.as_ref(), &jobs, Duration::from_millis(delay)).await?;
-        }
-        if enqueued {
-            if let Some(w) = &self.wake {
-                w.notify_one();
-            }
-        }
-        Ok(())
+        out
     }
 
     /// The deliveries one job renders into, scheduled ones with their due time.
@@ -324,6 +366,70 @@ impl RenderStep {
         }
         Ok(())
     }
+}
+
+/// The timers of the deliveries stored as scheduled that have a correlation key, grouped by
+/// key and due time.
+fn timer_groups(
+    stored: &[DeliveryRecord],
+    correlations: &HashMap<DeliveryId, String>,
+    now_ms: i64,
+) -> Vec<(String, Vec<DeliveryId>, i64)> {
+    let mut held: BTreeMap<(String, i64), Vec<DeliveryId>> = BTreeMap::new();
+    for r in stored
+        .iter()
+        .filter(|r| r.status == DeliveryStatus::Scheduled)
+    {
+        if let Some(key) = correlations.get(&r.id) {
+            held.entry((key.clone(), r.next_attempt_at.unwrap_or(now_ms)))
+                .or_default()
+                .push(r.id.clone());
+        }
+    }
+    held.into_iter()
+        .map(|((key, due), ids)| (key, ids, due))
+        .collect()
+}
+
+/// A dispatch job for each delivery stored as pending (now) or scheduled (when due),
+/// grouped by delay.
+fn dispatch_jobs(stored: &[DeliveryRecord], now_ms: i64) -> Vec<(Duration, Vec<DispatchJob>)> {
+    let mut by_delay: BTreeMap<u64, Vec<DispatchJob>> = BTreeMap::new();
+    for r in stored {
+        let delay = match r.status {
+            DeliveryStatus::Pending => 0,
+            DeliveryStatus::Scheduled => r
+                .next_attempt_at
+                .map(|d| (d - now_ms).max(0) as u64)
+                .unwrap_or(0),
+            _ => continue,
+        };
+        by_delay.entry(delay).or_default().push(DispatchJob {
+            delivery: r.id.clone(),
+        });
+    }
+    by_delay
+        .into_iter()
+        .map(|(ms, jobs)| (Duration::from_millis(ms), jobs))
+        .collect()
+}
+
+/// The jobs as message bodies. One that cannot be encoded (plain data: never) fails the
+/// pass before anything is written.
+fn encoded(
+    groups: Vec<(Duration, Vec<DispatchJob>)>,
+) -> Result<Vec<(Duration, Vec<String>)>, StoreError> {
+    groups
+        .into_iter()
+        .map(|(delay, jobs)| {
+            let bodies = jobs
+                .iter()
+                .map(Job::encode)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((delay, bodies))
+        })
+        .collect()
 }
 
 /// The contact a delivery is for, as an operator searches it: the address its request names,

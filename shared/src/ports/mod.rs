@@ -15,7 +15,7 @@ pub use dead_letters::{DeadLetter, DeadLetters};
 pub use leases::SendLeases;
 pub use queue::{Queue, QueueError};
 pub use store::{
-    AtomicAccept, ContactStore, DeliveryFilter, DeliveryStore, EventStore, StoreError, StoreHealth,
-    TimerStore,
+    AtomicAccept, AtomicRender, ContactStore, DeliveryFilter, DeliveryStore, EventStore, PassPlan,
+    PassWrites, StoreError, StoreHealth, TimerStore,
 };
 pub use transport::{HttpRequest, HttpResponse, Transport, TransportError};

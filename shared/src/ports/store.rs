@@ -65,6 +65,33 @@ pub trait AtomicAccept: Send + Sync {
     ) -> Result<Vec<Begin>, StoreError>;
 }
 
+/// What a render pass writes once its deliveries are stored, derived from them as stored.
+#[derive(Debug, Default)]
+pub struct PassWrites {
+    /// Timers to hold: correlation key, deliveries, due time (Unix ms).
+    pub timers: Vec<(String, Vec<DeliveryId>, i64)>,
+    /// Dispatch job bodies to enqueue, each group visible after its delay.
+    pub jobs: Vec<(std::time::Duration, Vec<String>)>,
+}
+
+/// Derives a render pass's other writes from its deliveries as stored.
+pub type PassPlan = Box<dyn FnOnce(&[DeliveryRecord]) -> Result<PassWrites, StoreError> + Send>;
+
+/// A store that can write a whole render pass in one commit (the local store): a pass's
+/// deliveries, timers, dispatch jobs and the deletion of its render jobs were four commits.
+#[async_trait]
+pub trait AtomicRender: Send + Sync {
+    /// Stores `records` (ids stored before are left as they are), writes what `plan` derives
+    /// from the deliveries as stored, and deletes the render messages `acks`, all or nothing
+    /// in one commit. Returns the deliveries as stored, in the order of `records`.
+    async fn render_atomic(
+        &self,
+        records: Vec<DeliveryRecord>,
+        plan: PassPlan,
+        acks: Vec<String>,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
+}
+
 /// Which deliveries to list.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
