@@ -36,6 +36,7 @@ pub fn router<P: Ports>(ctx: &Context<P>) -> axum::Router {
         // status route's note says where the targets' health is seen on AWS.
         telemetry: ctx.telemetry.clone(),
         platform: Platform::Aws,
+        status_cache: Default::default(),
     };
     crate::metrics::Flusher::of(ctx).around(api_router(Arc::new(state)))
 }

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod router;
 pub mod serve;
 mod status;
+pub use status::StatusCache;
 mod trial;

@@ -55,6 +55,8 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// Where the relay runs, for `GET /v1/status`.
     pub platform: Platform,
+    /// `GET /v1/status`'s last answer on AWS, reused for a few seconds.
+    pub status_cache: Arc<super::StatusCache>,
 }
 
 /// Where the relay runs.
