@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 use support::*;
 
 /// `relay` with none of the environment that would change what it does.
@@ -130,10 +129,52 @@ fn serve_refuses_to_start_without_api_keys() {
     let out = Command::new(env!("CARGO_BIN_EXE_relay"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_remove("RELAY_API_KEYS")
+        .env_remove("RELAY_ADMIN_KEYS")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("RELAY_API_KEYS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_with_admin_keys_alone_and_they_reach_ingest() {
+    let (dir, config) = welcome_config();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
+        .arg(dir.path().join("state"))
+        .env_remove("RELAY_API_KEYS")
+        .env("RELAY_ADMIN_KEYS", "admin-only-key")
+        .env_remove("SMARTEMAILING_USERNAME")
+        .env_remove("SMARTEMAILING_API_KEY")
+        .env_remove("RELAY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(&url).await;
+    let post = |key: &'static str| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/events"))
+                .bearer_auth(key)
+                .json(&event("admin-only-1", "contact.created", "a@example.com"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post("admin-only-key").await, 202);
+    assert_eq!(post("not-a-key").await, 401);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn serve(
@@ -162,30 +203,6 @@ fn serve(
     cmd.spawn().unwrap()
 }
 
-async fn wait_status(url: &str, id: &str, want: &str) {
-    let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let r = http
-            .get(format!("{url}/v1/events/{id}"))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            let v: Value = r.json().await.unwrap();
-            if v["deliveries"][0]["status"] == want {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never became {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Posts a `contact.created` event (answered 202) and waits for its delivery to be `status`.
 async fn post_and_wait(url: &str, id: &str, email: &str, status: &str) {
     let r = reqwest::Client::new()
@@ -196,7 +213,7 @@ async fn post_and_wait(url: &str, id: &str, email: &str, status: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    wait_status(url, id, status).await;
+    wait_delivery_status(&reqwest::Client::new(), url, id, status).await;
 }
 
 fn sigterm(child: &std::process::Child) {
@@ -276,7 +293,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
     let url = format!("http://127.0.0.1:{port}");
     let mut child = serve(&config, &state, port, Some(&se));
     wait_healthy(&url).await;
-    wait_status(&url, "cli-1", "sent").await;
+    wait_delivery_status(&reqwest::Client::new(), &url, "cli-1", "sent").await;
     assert_eq!(
         se.triggered_events(),
         vec![json!({"emailaddress": "jan@example.com", "name": "welcome", "payload": {}})]

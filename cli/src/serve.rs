@@ -70,14 +70,16 @@ pub(crate) async fn serve(
 
 /// The credentials from the environment, whether the relay runs dry (no SmartEmailing
 /// credentials), and the webhook secrets that are not set (name, variable). Refuses to start
-/// without inbound API keys.
+/// with no key at all (neither ingest nor admin keys).
 async fn credentials(
     config: &Config,
 ) -> Result<(Arc<StaticCredentials>, bool, Vec<(String, String)>), Failure> {
     let credentials = Arc::new(StaticCredentials::from_env(config.secret_names.clone()));
-    if credentials.api_keys().await.map_err(internal)?.is_empty() {
+    // Admin keys reach every route, ingest included, so they alone are enough to start.
+    let no_ingest = credentials.api_keys().await.map_err(internal)?.is_empty();
+    if no_ingest && credentials.admin_keys().await.map_err(internal)?.is_empty() {
         return Err(user(anyhow!(
-            "RELAY_API_KEYS is not set: give one or more comma-separated keys that callers send as `Authorization: Bearer <key>`"
+            "RELAY_API_KEYS is not set (nor RELAY_ADMIN_KEYS): give one or more comma-separated keys that callers send as `Authorization: Bearer <key>`"
         )));
     }
     let dry_run = credentials
