@@ -164,17 +164,45 @@ async fn a_full_disk_loses_nothing_and_sends_nothing_twice() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = http.get(format!("{url}/health")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    // Every accepted event may have been sent before the disk filled up (only the outcome's
+    // commit refused): then the workers find the store writable again at their next probe,
+    // not before the last trigger arrived. Wait for that, then check again that the
+    // recovery sent nothing a second time.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let r = http.get(format!("{url}/health")).send().await.unwrap();
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health still {} after the disk grew",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &accepted {
+        wait_delivery_status(&http, &url, id, "sent").await;
+    }
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for t in se.triggered_events() {
+        *sent
+            .entry(t["emailaddress"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = sent.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent again after the recovery: {twice:?}");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    // Said once, not four times a second.
+    // Said once, not four times a second. (Whether a worker pauses at all depends on whether
+    // one of its writes met the full disk: the accepts' 10 KB batches are refused while a
+    // pass's smaller writes may still fit, and a pass may have finished before.)
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     let pauses = logs.matches("the store refuses writes; pausing").count();
     assert!(
-        (1..=4).contains(&pauses),
+        pauses <= 4,
         "the pause is logged once per worker and outage, not per pass: {pauses}\n{logs}"
     );
 }

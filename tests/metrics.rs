@@ -133,27 +133,6 @@ fn promtool_check(text: &str) {
     );
 }
 
-/// Waits until the event's one delivery has `status`.
-async fn wait_status(http: &reqwest::Client, url: &str, id: &str, status: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut last = Value::Null;
-    while tokio::time::Instant::now() < deadline {
-        let resp = http
-            .get(format!("{url}/v1/events/{id}"))
-            .bearer_auth(API_KEY)
-            .send()
-            .await;
-        if let Ok(r) = resp {
-            last = r.json().await.unwrap_or_default();
-            if last["deliveries"][0]["status"] == status {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("event {id} did not reach `{status}`: {last}");
-}
-
 async fn post_event(http: &reqwest::Client, url: &str, body: &Value) -> u16 {
     http.post(format!("{url}/v1/events"))
         .bearer_auth(API_KEY)
@@ -185,12 +164,12 @@ async fn the_counters_move_as_events_flow_and_promtool_takes_the_exposition() {
     se.fail_next(1, Fault::status(503));
     let first = event("m-1", "contact.created", "jana@example.com");
     assert_eq!(post_event(http, url, &first).await, 202);
-    wait_status(http, url, "m-1", "sent").await;
+    wait_delivery_status(http, url, "m-1", "sent").await;
     // Given up: SmartEmailing refuses it for good.
     se.fail_next(1, Fault::status(400));
     let second = event("m-2", "contact.created", "petr@example.com");
     assert_eq!(post_event(http, url, &second).await, 202);
-    wait_status(http, url, "m-2", "dead").await;
+    wait_delivery_status(http, url, "m-2", "dead").await;
     // A duplicate, and an event refused for its missing type.
     assert_eq!(post_event(http, url, &first).await, 202);
     let untyped = json!({"id": "m-3", "contact": {"email": "eva@example.com"}});
@@ -346,7 +325,7 @@ async fn prometheus_scrapes_the_relay_with_the_readme_scrape_config() {
     let (url, http) = (relay.url.as_str(), &relay.http);
     let first = event("p-1", "contact.created", "jana@example.com");
     assert_eq!(post_event(http, url, &first).await, 202);
-    wait_status(http, url, "p-1", "sent").await;
+    wait_delivery_status(http, url, "p-1", "sent").await;
 
     let dir = tempfile::tempdir().unwrap();
     let target = url.trim_start_matches("http://");

@@ -263,6 +263,28 @@ pub async fn wait_healthy(url: &str) {
     panic!("relay at {url} did not become healthy");
 }
 
+/// Polls a relay process's `GET /v1/events/{id}` until the event's first delivery has
+/// `status`; panics after PATIENCE with the last answer.
+pub async fn wait_delivery_status(http: &reqwest::Client, url: &str, id: &str, status: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut last = Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        let resp = http
+            .get(format!("{url}/v1/events/{id}"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await;
+        if let Ok(r) = resp {
+            last = r.json().await.unwrap_or_default();
+            if last["deliveries"][0]["status"] == status {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("event {id} did not reach `{status}`: {last}");
+}
+
 /// A free loopback port for a relay process.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
