@@ -20,7 +20,8 @@
 //!
 //! `cargo bench --bench load` (or `scripts/bench`). Results: JSON lines in
 //! `$BENCH_RESULTS_DIR/load.jsonl` (default `target/bench-results`). `LOAD_EVENTS` sets N for
-//! the throughput scenarios (default 20 000), `LOAD_SECONDS` the length of `rate1000` (10).
+//! the throughput scenarios (default 20 000), `LOAD_SECONDS` the length of `rate1000` (10),
+//! `LOAD_RELAY_LOG` the relay's `RUST_LOG`, its log kept as `relay-<scenario>.log` there.
 
 #[path = "../tests/support/fake_smartemailing.rs"]
 mod fake_smartemailing;
@@ -175,14 +176,38 @@ impl Target {
     }
 }
 
-async fn start_relay(se: &FakeSmartEmailing, relay_bin: &Path) -> anyhow::Result<(Target, String)> {
+/// Where the relay's log goes and at what level: `warn` into its temporary directory, or,
+/// with `LOAD_RELAY_LOG` set (a `RUST_LOG` filter, e.g.
+/// `warn,relay_shared::pipeline::dispatch=debug` for each dispatch pass's timings), into
+/// `relay-<scenario>.log` beside the results.
+fn relay_log(dir: &Path, scenario: &str) -> (PathBuf, String) {
+    match std::env::var("LOAD_RELAY_LOG") {
+        Ok(filter) if !filter.trim().is_empty() => {
+            (results_dir().join(format!("relay-{scenario}.log")), filter)
+        }
+        _ => (dir.join("relay.log"), "warn".to_string()),
+    }
+}
+
+fn results_dir() -> PathBuf {
+    std::env::var("BENCH_RESULTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target/bench-results"))
+}
+
+async fn start_relay(
+    se: &FakeSmartEmailing,
+    relay_bin: &Path,
+    scenario: &str,
+) -> anyhow::Result<(Target, String)> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("relay.yaml");
     std::fs::write(&config, bench_config(&se.base_url())?)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let log = std::fs::File::create(dir.path().join("relay.log"))?;
+    let (log_path, log_filter) = relay_log(dir.path(), scenario);
+    let log = std::fs::File::create(log_path)?;
     let child = Command::new(relay_bin)
         .args(["serve", "--config"])
         .arg(&config)
@@ -192,7 +217,7 @@ async fn start_relay(se: &FakeSmartEmailing, relay_bin: &Path) -> anyhow::Result
         .env("SMARTEMAILING_USERNAME", SE_USER)
         .env("SMARTEMAILING_API_KEY", SE_KEY)
         .env("SMARTEMAILING_API_URL", se.base_url())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_filter)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -404,7 +429,7 @@ fn batch_of(shape: Shape) -> usize {
 async fn scenario(name: &str, imp: &str, shape: Shape, relay_bin: &Path) -> anyhow::Result<Value> {
     let se = FakeSmartEmailing::start(SE_USER, SE_KEY).await;
     let (target, url) = match imp {
-        "relay" => start_relay(&se, relay_bin).await?,
+        "relay" => start_relay(&se, relay_bin, name).await?,
         _ => start_naive(&se).await?,
     };
     let run = format!("{imp}-{name}-{}", std::process::id());
@@ -487,9 +512,7 @@ fn main() -> anyhow::Result<()> {
     let relay_bin = std::env::var("RELAY_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_relay")));
-    let out_dir = std::env::var("BENCH_RESULTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target/bench-results"));
+    let out_dir = results_dir();
     std::fs::create_dir_all(&out_dir)?;
     let out_path = out_dir.join("load.jsonl");
     let mut out = std::fs::File::create(&out_path)?;
