@@ -146,6 +146,34 @@ async fn a_claim_whose_holder_ran_out_of_time_is_taken_over_and_release_frees_it
 }
 
 #[tokio::test]
+async fn insert_new_stored_returns_new_ones_as_given_and_old_ones_as_stored() {
+    let (_emu, aws, _) = adapters(&secret_json(None)).await;
+    let store = &aws.store;
+    let a = delivery("dlv_sa", "evt-s", "welcome", 0, NOW_MS);
+    let mut sent = a.clone();
+    sent.record_dry_run();
+    store.insert_new(std::slice::from_ref(&a)).await.unwrap();
+    store.save(&sent).await.unwrap();
+
+    // `a` again (as rendered, pending), a new `b`, and `b` twice in the same batch.
+    let b = delivery("dlv_sb", "evt-s", "welcome", 1, NOW_MS);
+    let got = store
+        .insert_new_stored(&[a.clone(), b.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![sent.clone(), b.clone()],
+        "the one stored before as it is stored (not as rendered again), the new one as given, once"
+    );
+    assert_eq!(
+        store.get_many(&[a.id.clone(), b.id.clone()]).await.unwrap(),
+        vec![sent, b],
+        "what it returned is what is stored"
+    );
+}
+
+#[tokio::test]
 async fn deliveries_are_stored_once_and_a_sent_one_stays_sent() {
     let (_emu, aws, _) = adapters(&secret_json(None)).await;
     let store = &aws.store;

@@ -678,6 +678,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn insert_new_stored_by_default_reads_back_what_is_stored_once_per_id() {
+        let (s, _) = store();
+        let a = scheduled("dlv_a", "e1");
+        let mut sent = a.clone();
+        sent.record_dry_run();
+        s.insert_new(std::slice::from_ref(&a)).await.unwrap();
+        s.save(&sent).await.unwrap();
+        let b = scheduled("dlv_b", "e1");
+        let got = s
+            .insert_new_stored(&[b.clone(), a.clone(), b.clone()])
+            .await
+            .unwrap();
+        assert_eq!(got, vec![b, sent], "in the order first given, as stored");
+    }
+
+    #[tokio::test]
     async fn a_claimed_id_is_held_until_its_lease_or_expiry_runs_out() {
         let (s, _) = store();
         let first = event("e1", "h", RecordStatus::InProgress);

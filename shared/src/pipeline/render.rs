@@ -245,9 +245,7 @@ impl RenderStep {
             return Ok(Vec::new());
         }
         let all: Vec<DeliveryRecord> = rendered.iter().map(|(_, r)| r.clone()).collect();
-        self.deliveries.insert_new(&all).await?;
-        let ids: Vec<DeliveryId> = all.into_iter().map(|r| r.id).collect();
-        self.deliveries.get_many(&ids).await
+        self.deliveries.insert_new_stored(&all).await
     }
 
     /// The key under which each scheduled delivery rendered is held, so a later event may

@@ -224,6 +224,25 @@ pub trait DeliveryStore: Send + Sync {
     async fn insert_new(&self, records: &[DeliveryRecord]) -> Result<(), StoreError>;
     /// Reads deliveries by id (missing ones are left out).
     async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Stores new deliveries as `insert_new` does and returns them as stored, one per id in
+    /// the order first given: the ones stored now as given, the ones stored before as read
+    /// back. This default reads them all back; a store that learns from its writes which ids
+    /// it had reads only those (DynamoDB: the render function's read after its puts was a
+    /// billed request per pass, issue 16).
+    async fn insert_new_stored(
+        &self,
+        records: &[DeliveryRecord],
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.insert_new(records).await?;
+        let ids: Vec<DeliveryId> = records.iter().map(|r| r.id.clone()).collect();
+        let mut by_id: std::collections::HashMap<DeliveryId, DeliveryRecord> = self
+            .get_many(&ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
     /// Writes a delivery's state.
     async fn save(&self, record: &DeliveryRecord) -> Result<(), StoreError>;
     /// Writes several deliveries' state (a store may do it in one round trip).

@@ -41,7 +41,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure,
 };
 use aws_sdk_dynamodb::Client;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -335,6 +335,33 @@ fn delivery_from_item(item: &Item) -> Result<DeliveryRecord, StoreError> {
 }
 
 impl DynamoStore {
+    /// Puts each delivery unless its id is stored; says, per record, whether it was stored
+    /// now (false: stored by an earlier render of the same event, and left as it is).
+    async fn put_new(&self, records: &[DeliveryRecord]) -> Result<Vec<bool>, StoreError> {
+        let mut fresh = Vec::with_capacity(records.len());
+        for r in records {
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(self.item_of(r)))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await;
+            match result {
+                Ok(_) => fresh.push(true),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+                {
+                    fresh.push(false)
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(fresh)
+    }
+
     /// A store on `table`, keeping records for the default windows.
     pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
         Self {
@@ -542,25 +569,43 @@ impl EventStore for DynamoStore {
 #[async_trait]
 impl DeliveryStore for DynamoStore {
     async fn insert_new(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
-        for r in records {
-            let result = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(self.item_of(r)))
-                .condition_expression("attribute_not_exists(pk)")
-                .send()
-                .await;
-            match result {
-                Ok(_) => {}
-                // Stored by an earlier render of the same event: left as it is.
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|se| se.is_conditional_check_failed_exception()) => {}
-                Err(e) => return Err(unavailable(e)),
+        self.put_new(records).await.map(|_| ())
+    }
+
+    async fn insert_new_stored(
+        &self,
+        records: &[DeliveryRecord],
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let fresh = self.put_new(records).await?;
+        // Only the ids stored before are read: the others are stored as given.
+        let before: Vec<DeliveryId> = records
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, fresh)| !**fresh)
+            .map(|(r, _)| r.id.clone())
+            .collect();
+        let mut read: HashMap<String, DeliveryRecord> = if before.is_empty() {
+            HashMap::new()
+        } else {
+            self.get_many(&before)
+                .await?
+                .into_iter()
+                .map(|r| (r.id.as_str().to_string(), r))
+                .collect()
+        };
+        let mut seen = HashSet::new();
+        let mut stored = Vec::with_capacity(records.len());
+        for (r, fresh) in records.iter().zip(fresh) {
+            if !seen.insert(r.id.as_str()) {
+                continue;
+            }
+            if fresh {
+                stored.push(r.clone());
+            } else if let Some(old) = read.remove(r.id.as_str()) {
+                stored.push(old);
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
     async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError> {
