@@ -577,11 +577,17 @@ impl DeliveryStore for DynamoStore {
         records: &[DeliveryRecord],
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let fresh = self.put_new(records).await?;
-        // Only the ids stored before are read: the others are stored as given.
-        let before: Vec<DeliveryId> = records
+        // One per id, the first given (a later copy's put found it stored just now).
+        let mut seen = HashSet::new();
+        let first: Vec<(&DeliveryRecord, bool)> = records
             .iter()
-            .zip(&fresh)
-            .filter(|(_, fresh)| !**fresh)
+            .zip(fresh)
+            .filter(|(r, _)| seen.insert(r.id.as_str()))
+            .collect();
+        // Only the ids stored before are read: the others are stored as given.
+        let before: Vec<DeliveryId> = first
+            .iter()
+            .filter(|(_, fresh)| !fresh)
             .map(|(r, _)| r.id.clone())
             .collect();
         let mut read: HashMap<String, DeliveryRecord> = if before.is_empty() {
@@ -593,19 +599,16 @@ impl DeliveryStore for DynamoStore {
                 .map(|r| (r.id.as_str().to_string(), r))
                 .collect()
         };
-        let mut seen = HashSet::new();
-        let mut stored = Vec::with_capacity(records.len());
-        for (r, fresh) in records.iter().zip(fresh) {
-            if !seen.insert(r.id.as_str()) {
-                continue;
-            }
-            if fresh {
-                stored.push(r.clone());
-            } else if let Some(old) = read.remove(r.id.as_str()) {
-                stored.push(old);
-            }
-        }
-        Ok(stored)
+        Ok(first
+            .into_iter()
+            .filter_map(|(r, fresh)| {
+                if fresh {
+                    Some(r.clone())
+                } else {
+                    read.remove(r.id.as_str())
+                }
+            })
+            .collect())
     }
 
     async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError> {
