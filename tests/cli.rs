@@ -304,6 +304,12 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
     let line: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(line["event_id"], "cli-1");
     assert_eq!(line["attempts"], 1);
+    let out = relay(&["deliveries", "--event-id", "cli-1", "--json", "--state", st]);
+    let of_event: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(of_event["id"], line["id"]);
+    let out = relay(&["deliveries", "--event-id", "cli-2", "--json", "--state", st]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "");
 }
 
 /// Asserts that a run exited 1 with `want` in its stderr, showing the stderr if not.

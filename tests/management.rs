@@ -279,6 +279,51 @@ async fn deliveries_are_found_by_email_and_status_and_paged_newest_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_deliveries_are_listed_by_its_id() {
+    let s = setup().await;
+    for id in ["e-1", "e-2", "e-3"] {
+        s.accept(id, "contact.created", "jana@example.com").await;
+    }
+    let of_e2 = s.only_delivery_of("e-2").await;
+    let (status, body) = s.admin_get("/v1/deliveries?event_id=e-2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec![of_e2["id"].as_str().unwrap().to_string()]);
+    assert_eq!(body["deliveries"][0]["event_id"], "e-2");
+    assert_eq!(body["next_cursor"], Value::Null);
+    for query in [
+        "event_id=e-2&status=dead",
+        "event_id=e-9",
+        "event_id=e-2&email=eva@example.com",
+    ] {
+        let (status, body) = s.admin_get(&format!("/v1/deliveries?{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(ids(&body), Vec::<String>::new(), "{query}: {body}");
+    }
+    // A filter the listing does not know names itself, and the list of those it does names
+    // `event_id`.
+    let (status, body) = s.admin_get("/v1/deliveries?event=e-2").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["path"], "event");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("event_id"),
+        "{body}"
+    );
+    // A replay's filter takes it too: e-2's sent delivery is not sent again.
+    let (status, body) = s
+        .admin_post(
+            "/v1/deliveries/replay",
+            &json!({"filter": {"event_id": "e-2", "status": "sent"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["already_sent"], 1, "{body}");
+    assert_eq!(body["queued"], 0, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_shows_its_request_masked_and_every_attempt() {
     let s = setup().await;
     s.collector.script.lock().unwrap().push(502);
@@ -457,6 +502,23 @@ async fn a_cancelled_scheduled_delivery_is_never_sent() {
             .unwrap(),
         0
     );
+
+    // Once due it may be being sent: it is not cancelled, whether the dispatcher has taken
+    // it yet or not, and it is sent.
+    s.accept("k-3", "cart.abandoned", "eva@example.com").await;
+    let due = s.only_delivery_of("k-3").await;
+    s.clock.advance(Duration::from_secs(3600));
+    let (status, body) = s
+        .admin_post(
+            &format!("/v1/deliveries/{}/cancel", due["id"].as_str().unwrap()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_scheduled");
+    s.relay.settle().await;
+    assert_eq!(s.only_delivery_of("k-3").await["status"], "sent");
+    assert_eq!(s.se.calls_to("/trigger-event"), 1);
 
     // A sent one cannot be cancelled.
     s.accept("k-2", "contact.created", "jana@example.com").await;

@@ -85,6 +85,9 @@ pub(crate) enum Command {
         /// Only those created since: an RFC 3339 time, or a duration ago (e.g. 2h).
         #[arg(long)]
         since: Option<String>,
+        /// Only those of this event (its id), its chains' included.
+        #[arg(long, value_name = "ID")]
+        event_id: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,

@@ -87,20 +87,27 @@ async fn open_aws_stores() -> Result<Stores, Failure> {
     )))
 }
 
+/// `relay deliveries`' filters, as given on the command line.
+pub(crate) struct Filter {
+    pub(crate) status: Option<DeliveryStatus>,
+    pub(crate) rule: Option<String>,
+    pub(crate) since: Option<String>,
+    pub(crate) event_id: Option<String>,
+    pub(crate) limit: usize,
+}
+
 /// Lists the deliveries matching the filters, as a table or as JSON lines.
 pub(crate) async fn deliveries(
-    status: Option<DeliveryStatus>,
-    rule: Option<String>,
-    since: Option<String>,
-    limit: usize,
+    given: Filter,
     json: bool,
     stores: &Stores,
 ) -> Result<ExitCode, Failure> {
     let filter = DeliveryFilter {
-        status,
-        rule,
-        since_ms: parse_since(since)?,
-        limit,
+        status: given.status,
+        rule: given.rule,
+        since_ms: parse_since(given.since)?,
+        event_id: given.event_id,
+        limit: given.limit,
         ..DeliveryFilter::default()
     };
     let list = stores.deliveries.list(&filter).await.map_err(internal)?;

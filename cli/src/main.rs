@@ -94,13 +94,21 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
             status,
             rule,
             since,
+            event_id,
             limit,
             json,
             state,
             aws,
         } => {
             let stores = deliveries::open_stores(&state, aws).await?;
-            deliveries::deliveries(status, rule, since, limit, json, &stores).await
+            let filter = deliveries::Filter {
+                status,
+                rule,
+                since,
+                event_id,
+                limit,
+            };
+            deliveries::deliveries(filter, json, &stores).await
         }
         Command::Birthdays {
             command:

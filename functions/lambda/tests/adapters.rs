@@ -429,7 +429,7 @@ async fn deliveries_are_found_by_event_and_listed_by_status() {
 fn contact_delivery(n: usize) -> DeliveryRecord {
     let mut d = delivery(
         &format!("dlv_{:02}", (n * 7) % 31),
-        &format!("evt-p{n}"),
+        &format!("evt-p{}", n % 5),
         ["welcome", "cart"][n % 2],
         0,
         NOW_MS + (n / 3) as i64 * 1_000,
@@ -489,7 +489,31 @@ async fn pages_newest_first_by_e_mail_status_or_none_and_counts_match_the_memory
             until_ms: Some(NOW_MS + 6_000),
             ..Default::default()
         },
+        DeliveryFilter {
+            event_id: Some("evt-p2".into()),
+            ..Default::default()
+        },
+        DeliveryFilter {
+            event_id: Some("evt-p1".into()),
+            status: Some(DeliveryStatus::Dead),
+            ..Default::default()
+        },
     ];
+    // Deliveries 2, 7, 12, 17 and 22 are evt-p2's, newest first.
+    let of_p2: Vec<String> = [22, 17, 12, 7, 2]
+        .map(|n| contact_delivery(n).id.to_string())
+        .to_vec();
+    assert_eq!(pages_of(&memory, &filters[5], 0).await, of_p2);
+    let listed: Vec<String> = aws
+        .store
+        .list(&filters[5])
+        .await
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|d| d.id.to_string())
+        .collect();
+    assert_eq!(listed, of_p2);
     for f in &filters {
         let expected = pages_of(&memory, f, 0).await;
         assert!(!expected.is_empty(), "{f:?}");
@@ -760,6 +784,77 @@ async fn a_missing_secret_is_an_error_that_names_it() {
     let aws = AwsAdapters::new(&emu.sdk, &emu.settings, clock);
     let err = aws.credentials.api_keys().await.unwrap_err();
     assert!(err.to_string().contains("relay-no-such-secret"), "{err}");
+}
+
+/// An operator's cancel on `store`: only a delivery still scheduled and not yet due is
+/// cancelled, in one write that a dispatcher's save made a moment before defeats.
+async fn operator_cancels(store: &dyn DeliveryStore) {
+    let due = NOW_MS + 3_600_000;
+    let scheduled = |id: &str| {
+        let mut d = delivery(id, "evt-op", "abandoned-cart", 0, NOW_MS);
+        d.status = DeliveryStatus::Scheduled;
+        d.next_attempt_at = Some(due);
+        d.email = Some("jan@example.com".into());
+        d
+    };
+    let (waiting, taken) = (scheduled("dlv_wait"), scheduled("dlv_taken"));
+    store
+        .insert_new(&[waiting.clone(), taken.clone()])
+        .await
+        .unwrap();
+    let why = "cancelled by an operator";
+    // Due: it may be being sent.
+    assert_eq!(
+        store.cancel_scheduled(&waiting.id, due, why).await.unwrap(),
+        None
+    );
+    // A dispatcher sent it between the operator's look and the cancel.
+    let mut sent = taken.clone();
+    sent.status = DeliveryStatus::Sent;
+    sent.next_attempt_at = None;
+    store.save(&sent).await.unwrap();
+    assert_eq!(
+        store
+            .cancel_scheduled(&taken.id, NOW_MS, why)
+            .await
+            .unwrap(),
+        None
+    );
+    let unknown = DeliveryId::from_stored("dlv_none");
+    assert_eq!(
+        store.cancel_scheduled(&unknown, NOW_MS, why).await.unwrap(),
+        None
+    );
+    let mut expected = waiting.clone();
+    expected.status = DeliveryStatus::Cancelled;
+    expected.next_attempt_at = None;
+    expected.last_error = Some(why.into());
+    let got = store
+        .cancel_scheduled(&waiting.id, due - 1, why)
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), Some(&expected));
+    assert_eq!(
+        store
+            .get_many(&[waiting.id.clone(), taken.id.clone()])
+            .await
+            .unwrap(),
+        vec![expected, sent]
+    );
+    assert_eq!(
+        store
+            .cancel_scheduled(&waiting.id, NOW_MS, why)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn an_operator_cancels_only_a_delivery_still_waiting_on_dynamodb_and_in_memory() {
+    let (_emu, aws, clock) = adapters(&secret_json(None)).await;
+    operator_cancels(aws.store.as_ref()).await;
+    operator_cancels(&MemoryStore::new(clock)).await;
 }
 
 #[tokio::test]

@@ -325,6 +325,24 @@ impl DeliveryStore for MemoryStore {
         Ok(())
     }
 
+    async fn cancel_scheduled(
+        &self,
+        id: &DeliveryId,
+        now_ms: i64,
+        why: &str,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        let mut state = self.write("cancel_scheduled")?;
+        let Some(d) = state.deliveries.get_mut(id).filter(|d| {
+            d.status == DeliveryStatus::Scheduled && d.next_attempt_at.is_some_and(|t| t > now_ms)
+        }) else {
+            return Ok(None);
+        };
+        d.status = DeliveryStatus::Cancelled;
+        d.next_attempt_at = None;
+        d.last_error = Some(why.to_string());
+        Ok(Some(d.clone()))
+    }
+
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
         let state = self.store()?;
         let mut out: Vec<DeliveryRecord> = state

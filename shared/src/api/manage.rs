@@ -107,6 +107,7 @@ fn filter_field(
         "action" => filter.action = text(),
         "email" => filter.email = text().map(|e| e.to_lowercase()),
         "event_type" => filter.event_type = text(),
+        "event_id" => filter.event_id = text(),
         "since" => filter.since_ms = Some(time(value)?),
         "until" => filter.until_ms = Some(time(value)?),
         _ => return Ok(false),
@@ -150,7 +151,7 @@ fn list_query(
             }
             _ => {
                 if !filter_field(&mut filter, key, value, now).map_err(|m| bad_query(key, m))? {
-                    return Err(bad_query(key, format!("`{key}` is not a filter (status, rule, action, email, event_type, since, until, limit, cursor)")));
+                    return Err(bad_query(key, format!("`{key}` is not a filter (status, rule, action, email, event_type, event_id, since, until, limit, cursor)")));
                 }
             }
         }
@@ -202,31 +203,33 @@ async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut d = find(&state, &id).await?;
-    let refuse = |why: String| Err(ApiError::new(StatusCode::CONFLICT, "not_scheduled", why));
-    if d.status != DeliveryStatus::Scheduled {
-        return refuse(format!(
-            "the delivery is {}; only a scheduled one can be cancelled",
-            d.status.as_str()
-        ));
-    }
-    // One already due may be being sent right now: cancelling it could hide that it was.
-    if d.next_attempt_at
-        .is_none_or(|due| due <= state.clock.now_ms())
-    {
-        return refuse(
-            "the delivery is due and may be being sent; it can no longer be cancelled".into(),
-        );
-    }
-    d.status = DeliveryStatus::Cancelled;
-    d.next_attempt_at = None;
-    d.last_error = Some("cancelled by an operator".into());
-    state
+    // One conditional write: only a delivery still scheduled and not yet due is cancelled.
+    // One already due may be being sent right now (cancelling it could hide that it was),
+    // and a dispatcher that took it a moment before wins.
+    let now_ms = state.clock.now_ms();
+    let cancelled = state
         .deliveries
-        .save(&d)
+        .cancel_scheduled(
+            &DeliveryId::from_stored(id.clone()),
+            now_ms,
+            "cancelled by an operator",
+        )
         .await
         .map_err(|e| ApiError::unavailable("cannot cancel a delivery", e))?;
-    Ok(Json(detailed(&state, &d)))
+    if let Some(d) = cancelled {
+        return Ok(Json(detailed(&state, &d)));
+    }
+    // Not cancelled: say why (an unknown id is `404`).
+    let d = find(&state, &id).await?;
+    let why = if d.status == DeliveryStatus::Scheduled {
+        "the delivery is due and may be being sent; it can no longer be cancelled".to_string()
+    } else {
+        format!(
+            "the delivery is {}; only a scheduled one can be cancelled",
+            d.status.as_str()
+        )
+    };
+    Err(ApiError::new(StatusCode::CONFLICT, "not_scheduled", why))
 }
 
 fn bad_body(path: &str, message: impl Into<String>) -> ApiError {
@@ -249,7 +252,7 @@ fn replay_filter(value: &Value, now: DateTime<Utc>) -> Result<DeliveryFilter, Ap
             .as_str()
             .ok_or_else(|| bad_body(&path, "must be a string"))?;
         if !filter_field(&mut filter, key, text, now).map_err(|m| bad_body(&path, m))? {
-            return Err(bad_body(&path, format!("`{key}` is not a filter (status, rule, action, email, event_type, since, until)")));
+            return Err(bad_body(&path, format!("`{key}` is not a filter (status, rule, action, email, event_type, event_id, since, until)")));
         }
     }
     Ok(filter)

@@ -111,6 +111,8 @@ pub struct DeliveryFilter {
     pub event_type: Option<String>,
     /// Only those created before this time (Unix ms).
     pub until_ms: Option<i64>,
+    /// Only those of this event (its id as accepted).
+    pub event_id: Option<String>,
 }
 
 /// The page size when a filter asks for none (`limit` 0).
@@ -133,6 +135,10 @@ impl DeliveryFilter {
                 .event_type
                 .as_ref()
                 .is_none_or(|x| r.event_type.as_ref() == Some(x))
+            && self
+                .event_id
+                .as_ref()
+                .is_none_or(|x| r.event_id.as_str() == x)
             && self.since_ms.is_none_or(|t| r.created_at >= t)
             && self.until_ms.is_none_or(|t| r.created_at < t)
     }
@@ -252,6 +258,16 @@ pub trait DeliveryStore: Send + Sync {
         }
         Ok(())
     }
+    /// Cancels the delivery `id` in one conditional write if it is still `scheduled` and
+    /// not due before `now_ms`, with `why` as its last error; returns it as stored then, or
+    /// `None` when it is not cancellable (any more): unknown, due, sent, cancelled. A
+    /// dispatcher that takes it between an operator's look and this write wins.
+    async fn cancel_scheduled(
+        &self,
+        id: &DeliveryId,
+        now_ms: i64,
+        why: &str,
+    ) -> Result<Option<DeliveryRecord>, StoreError>;
     /// Every delivery of an event, oldest first.
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Deliveries matching a filter, oldest first.

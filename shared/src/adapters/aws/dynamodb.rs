@@ -379,6 +379,33 @@ impl DynamoStore {
     }
 
     /// When a delivery written now in `status` may go (Unix seconds, DynamoDB's TTL unit).
+    /// The write that cancels the delivery `id` while it is `scheduled` and `condition`
+    /// holds (its values are the caller's to add), with `why` as its last error.
+    fn cancel_write(
+        &self,
+        id: &str,
+        why: &str,
+        condition: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(delivery_pk(id), "DELIVERY")))
+            .update_expression(
+                "SET #status = :cancelled, gsi2pk = :gsi2pk, last_error = :why, expires_at = :expires REMOVE next_attempt_at",
+            )
+            .condition_expression(format!("#status = :scheduled AND {condition}"))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":cancelled", s(DeliveryStatus::Cancelled.as_str()))
+            .expression_attribute_values(":gsi2pk", s(status_pk(DeliveryStatus::Cancelled)))
+            .expression_attribute_values(":why", s(why))
+            .expression_attribute_values(
+                ":expires",
+                n(self.expires_at(DeliveryStatus::Cancelled).unwrap_or(0)),
+            )
+            .expression_attribute_values(":scheduled", s(DeliveryStatus::Scheduled.as_str()))
+    }
+
     fn expires_at(&self, status: DeliveryStatus) -> Option<i64> {
         self.retention
             .delivery_expires_at(status, self.clock.now_ms())
@@ -730,6 +757,25 @@ impl DeliveryStore for DynamoStore {
         failure.map_or(Ok(()), Err)
     }
 
+    async fn cancel_scheduled(
+        &self,
+        id: &DeliveryId,
+        now_ms: i64,
+        why: &str,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        let result = self
+            .cancel_write(id.as_str(), why, "next_attempt_at > :now")
+            .expression_attribute_values(":now", n(now_ms))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => out.attributes.as_ref().map(delivery_from_item).transpose(),
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
         let keys = self
             .query_all(
@@ -747,19 +793,20 @@ impl DeliveryStore for DynamoStore {
     }
 
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let statuses: Vec<DeliveryStatus> = match filter.status {
-            Some(st) => vec![st],
-            None => DeliveryStatus::ALL.to_vec(),
-        };
         let mut out = Vec::new();
-        for st in statuses {
-            out.extend(
-                self.list_status(st, filter.since_ms)
-                    .await?
-                    .into_iter()
-                    .filter(|d| filter.matches(d)),
-            );
+        if let Some(event_id) = &filter.event_id {
+            // An event's few deliveries, found in `gsi1`.
+            out = self.for_event(event_id).await?;
+        } else {
+            let statuses: Vec<DeliveryStatus> = match filter.status {
+                Some(st) => vec![st],
+                None => DeliveryStatus::ALL.to_vec(),
+            };
+            for st in statuses {
+                out.extend(self.list_status(st, filter.since_ms).await?);
+            }
         }
+        out.retain(|d| filter.matches(d));
         out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
         if filter.limit > 0 {
             out.truncate(filter.limit);
@@ -853,23 +900,7 @@ impl TimerStore for DynamoStore {
         for id in held {
             // Only a delivery still waiting, and not one of the cancelling event's own.
             let result = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(Self::key(delivery_pk(&id), "DELIVERY")))
-                .update_expression(
-                    "SET #status = :cancelled, gsi2pk = :gsi2pk, last_error = :why, expires_at = :expires REMOVE next_attempt_at",
-                )
-                .condition_expression("#status = :scheduled AND event_id <> :except")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":cancelled", s(DeliveryStatus::Cancelled.as_str()))
-                .expression_attribute_values(":gsi2pk", s(status_pk(DeliveryStatus::Cancelled)))
-                .expression_attribute_values(":why", s("cancelled by a later event"))
-                .expression_attribute_values(
-                    ":expires",
-                    n(self.expires_at(DeliveryStatus::Cancelled).unwrap_or(0)),
-                )
-                .expression_attribute_values(":scheduled", s(DeliveryStatus::Scheduled.as_str()))
+                .cancel_write(&id, "cancelled by a later event", "event_id <> :except")
                 .expression_attribute_values(":except", s(except_event))
                 .send()
                 .await;

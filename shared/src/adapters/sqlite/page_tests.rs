@@ -9,9 +9,10 @@ use crate::ports::clock::ManualClock;
 
 const NOW_MS: i64 = 1_790_000_000_000;
 
-/// Delivery `n`: four of them share each creation time, so the id decides their order.
+/// Delivery `n`: four of them share each creation time, so the id decides their order, and
+/// every ninth belongs to one event.
 fn delivery(n: usize) -> DeliveryRecord {
-    let mut d = pending(&format!("evt-{n}"));
+    let mut d = pending(&format!("evt-{}", n % 9));
     d.id = DeliveryId::from_stored(format!("dlv_{:03}", (n * 37) % 101));
     d.created_at = NOW_MS + (n / 4) as i64 * 1_000;
     d.status = DeliveryStatus::ALL[n % 3 * 3];
@@ -60,6 +61,15 @@ fn filters() -> Vec<DeliveryFilter> {
         },
         DeliveryFilter {
             email: Some("nobody@example.com".into()),
+            ..base()
+        },
+        DeliveryFilter {
+            event_id: Some("evt-3".into()),
+            ..base()
+        },
+        DeliveryFilter {
+            event_id: Some("evt-4".into()),
+            status: Some(DeliveryStatus::Sent),
             ..base()
         },
     ]
@@ -138,6 +148,31 @@ async fn every_filter_pages_newest_first_alike_on_sqlite_and_in_memory() {
 }
 
 #[tokio::test]
+async fn an_events_deliveries_are_its_own_newest_first() {
+    let (_dir, sqlite, memory) = stores();
+    let all = deliveries();
+    sqlite.insert_new(&all).await.unwrap();
+    memory.insert_new(&all).await.unwrap();
+    // Deliveries 3, 12, 21, …, 57 are evt-3's; n / 4 orders their creation.
+    let mut expected: Vec<String> = (0..60)
+        .filter(|n| n % 9 == 3)
+        .map(|n| delivery(n).id.to_string())
+        .collect();
+    expected.reverse();
+    let f = DeliveryFilter {
+        event_id: Some("evt-3".into()),
+        ..DeliveryFilter::default()
+    };
+    assert_eq!(all_pages(&sqlite, &f, 2).await, expected);
+    assert_eq!(all_pages(&memory, &f, 2).await, expected);
+    let unknown = DeliveryFilter {
+        event_id: Some("evt-99".into()),
+        ..DeliveryFilter::default()
+    };
+    assert!(all_pages(&sqlite, &unknown, 0).await.is_empty());
+}
+
+#[tokio::test]
 async fn counts_by_status_count_only_what_was_created_since() {
     let (_dir, sqlite, memory) = stores();
     let all = deliveries();
@@ -201,6 +236,7 @@ fn the_common_pages_are_read_from_an_index_without_sorting_the_table() {
         (filters()[1].clone(), "deliveries_by_status"),
         (filters()[2].clone(), "deliveries_by_email"),
         (filters()[3].clone(), "deliveries_by_rule"),
+        (filters()[8].clone(), "deliveries_by_event"),
     ];
     for (f, index) in cases {
         for after in [None, Some(&cursor)] {

@@ -7,7 +7,8 @@
 //! applied to each delivery, until it gives one more than the page (or runs out); the union
 //! then holds the page and tells whether another follows. A table-wide index keyed by time
 //! alone would be one hot partition for every write; eight status partitions are read
-//! instead, at most `8 × (page + 1)` deliveries.
+//! instead, at most `8 × (page + 1)` deliveries. A filter naming an event reads that
+//! event's few deliveries from `gsi1` instead.
 
 use super::{
     created_sk, delivery_from_item, delivery_ids, email_pk, more, s, status_pk, unavailable,
@@ -117,6 +118,18 @@ impl DynamoStore {
         after: Option<&DeliveryCursor>,
     ) -> Result<DeliveryPage, StoreError> {
         let size = f.page_size();
+        if let Some(event_id) = &f.event_id {
+            // One event's deliveries are few (its rules' actions and their chains), and
+            // `gsi1` finds them all; the rest of the filter and the cursor apply after.
+            let mut found: Vec<DeliveryRecord> = self
+                .for_event(event_id)
+                .await?
+                .into_iter()
+                .filter(|d| f.matches(d) && after.is_none_or(|c| c.precedes(d)))
+                .collect();
+            found.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+            return Ok(DeliveryPage::collect(found, size));
+        }
         let Some(range) = sk_range(f, after) else {
             return Ok(DeliveryPage::default());
         };
