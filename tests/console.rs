@@ -7,6 +7,8 @@ mod support;
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use support::webdriver::Browser;
 use support::*;
 
@@ -339,6 +341,20 @@ async fn a_dead_delivery_found_by_email_is_replayed_after_the_fake_recovers_and_
         .await;
     assert!(!list.contains("petr@example.com"), "{list}");
     assert!(list.contains("dead"), "{list}");
+    // At 1 280 px the filters are two tidy rows: what to look for, then when and the buttons;
+    // a row's fields line up, the date-time ones included.
+    let rows = browser
+        .execute(
+            "const top = (id) => Math.round(document.getElementById(id).getBoundingClientRect().top);
+             const first = ['f-email', 'f-rule', 'f-action', 'f-event_type', 'f-event_id'].map(top);
+             const second = ['f-since', 'f-until'].map(top);
+             const search = Math.round(document.querySelector('#filters button[type=submit]').getBoundingClientRect().bottom);
+             const until = Math.round(document.getElementById('f-until').getBoundingClientRect().bottom);
+             return [new Set(first).size, new Set(second).size, second[0] > first[0], Math.abs(search - until) <= 2];",
+            vec![],
+        )
+        .await;
+    assert_eq!(rows, json!([1, 1, true, true]), "the filters' rows");
     browser.screenshot(&screenshot_path("deliveries")).await;
 
     browser.click_on("#delivery-list a.id").await;
@@ -489,6 +505,96 @@ async fn in_dry_run_the_playground_renders_an_edited_rule_and_points_at_a_templa
     browser.quit().await;
 }
 
+/// A gateway that serves the relay only under `/stage` (as API Gateway under a named stage
+/// or a custom domain's base path): it strips the prefix and forwards; any other path is
+/// `404` and counted.
+struct Gateway {
+    url: String,
+    outside: Arc<AtomicUsize>,
+}
+
+impl Url for Gateway {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+async fn gateway(upstream: &str) -> Gateway {
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/stage", listener.local_addr().unwrap());
+    let outside = Arc::new(AtomicUsize::new(0));
+    let (client, upstream, seen) = (
+        reqwest::Client::new(),
+        upstream.to_string(),
+        outside.clone(),
+    );
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (client, upstream, seen) = (client.clone(), upstream.clone(), seen.clone());
+        async move {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let Some(rest) = target.strip_prefix("/stage").filter(|r| r.starts_with('/')) else {
+                seen.fetch_add(1, Ordering::SeqCst);
+                return (axum::http::StatusCode::NOT_FOUND, "outside the stage").into_response();
+            };
+            let url = format!("{upstream}{rest}");
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let mut headers = parts.headers;
+            headers.remove(axum::http::header::HOST);
+            let answer = client
+                .request(parts.method, url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let mut back = axum::http::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if name != axum::http::header::CONTENT_LENGTH
+                    && name != axum::http::header::TRANSFER_ENCODING
+                {
+                    back = back.header(name, value);
+                }
+            }
+            back.body(axum::body::Body::from(answer.bytes().await.unwrap()))
+                .unwrap()
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Gateway { url, outside }
+}
+
+#[tokio::test]
+async fn behind_a_gateways_prefix_the_console_calls_the_api_under_it() {
+    let _gate = BROWSERS.acquire().await.expect("gate");
+    let (r, _fake) = relay().await;
+    posted(&r, "evt-staged", "jana@example.com", "sent").await;
+    let gw = gateway(&r.url).await;
+
+    let browser = Browser::start(1280, 860).await;
+    signed_in(&browser, &gw, "#/deliveries?status=sent", KEY).await;
+    browser
+        .wait_text("#delivery-list", "jana@example.com")
+        .await;
+    browser.click_on("#delivery-list a.id").await;
+    browser.wait_text("#delivery-status", "sent").await;
+    // A write goes under the prefix too: the chain's next step is cancelled from its page.
+    browser
+        .goto(&format!("{}/console#/deliveries?status=scheduled", gw.url))
+        .await;
+    browser.wait_text("#delivery-list", "welcome-2").await;
+    browser.click_on("#delivery-list a.id").await;
+    browser.click_on("#cancel").await;
+    browser.wait_text("#delivery-status", "cancelled").await;
+    assert_eq!(
+        gw.outside.load(Ordering::SeqCst),
+        0,
+        "the page asked for something outside /stage"
+    );
+    no_console_error_and_quit(browser).await;
+}
+
 #[tokio::test]
 async fn an_ingest_key_is_refused_by_the_management_api_and_the_page_says_why() {
     let _gate = BROWSERS.acquire().await.expect("gate");
@@ -549,6 +655,21 @@ async fn on_a_phone_in_a_dark_theme_the_pages_fit_the_screen() {
         );
         browser.screenshot(&screenshot_path(name)).await;
     }
+    // The overview's small tables keep their numbers under their right-aligned headings; only
+    // the tables shown as cards read left to right.
+    browser.goto(&format!("{}/console#/overview", r.url)).await;
+    browser.wait_text("main", "Last day").await;
+    let aligned = browser
+        .execute(
+            "return [...document.querySelectorAll('main table:not(.cards) .num')].map((c) => getComputedStyle(c).textAlign);",
+            vec![],
+        )
+        .await;
+    let aligned = aligned.as_array().cloned().unwrap_or_default();
+    assert!(
+        aligned.len() >= 6 && aligned.iter().all(|a| a == "right"),
+        "{aligned:?}"
+    );
     // The system's dark theme is followed.
     let bg = browser
         .execute(

@@ -39,6 +39,12 @@ export function whenKeyRefused(handler) {
   onRefused = handler;
 }
 
+/** Where the API path `path` ("/v1/…") is: beside the page, so a relay behind a gateway's
+ * prefix (`https://host/prod/console` → `https://host/prod/v1/…`) is reached under it. */
+export function apiUrl(path) {
+  return new URL(path.replace(/^\/+/, ""), document.baseURI).href;
+}
+
 /** Calls the API: `api("/v1/status")`, `api("/v1/preview", {method: "POST", body})`. */
 export async function api(path, options = {}) {
   const key = adminKey();
@@ -55,7 +61,7 @@ export async function api(path, options = {}) {
   }
   let resp;
   try {
-    resp = await fetch(path, {method: options.method || "GET", headers, body, cache: "no-store", signal: options.signal});
+    resp = await fetch(apiUrl(path), {method: options.method || "GET", headers, body, cache: "no-store", signal: options.signal});
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, {code: "network", message: "The relay cannot be reached."});

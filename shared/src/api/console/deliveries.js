@@ -6,7 +6,7 @@ import {badge, card, errorBox, h, pageHead, replace, table} from "./dom.js";
 import {fromLocalInput, relative, toLocalInput, when} from "./format.js";
 
 const STATUSES = ["pending", "retrying", "scheduled", "sent", "dead", "dry_run", "skipped", "cancelled"];
-const FIELDS = ["status", "email", "rule", "action", "event_type", "since", "until"];
+const FIELDS = ["status", "email", "rule", "action", "event_type", "event_id", "since", "until"];
 
 /** Renders the filtered list into `main`. */
 export async function deliveries(main, ctx) {
@@ -97,6 +97,7 @@ function form(filters, names) {
     field("rule", "Rule", {list: "rule-names"}), names,
     field("action", "Action", {placeholder: "trigger_event"}),
     field("event_type", "Event type", {placeholder: "contact.created"}),
+    field("event_id", "Event id", {placeholder: "evt-2026-0001"}),
     field("since", "Since", {type: "datetime-local", value: toLocalInput(filters.since)}),
     field("until", "Until", {type: "datetime-local", value: toLocalInput(filters.until)}),
     h("div", {class: "buttons"},
@@ -106,7 +107,7 @@ function form(filters, names) {
     e.preventDefault();
     const data = new FormData(el);
     const next = {status: filters.status};
-    for (const f of ["email", "rule", "action", "event_type"]) next[f] = String(data.get(f) || "").trim();
+    for (const f of ["email", "rule", "action", "event_type", "event_id"]) next[f] = String(data.get(f) || "").trim();
     next.since = fromLocalInput(String(data.get("since") || ""));
     next.until = fromLocalInput(String(data.get("until") || ""));
     window.location.hash = `#/deliveries${query(next)}`;
