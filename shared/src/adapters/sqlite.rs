@@ -629,8 +629,9 @@ impl crate::ports::AtomicRender for SqliteStore {
     }
 }
 
-/// Stores new deliveries and returns them as stored: the ones stored now as given, the
-/// others (ids stored before) as read back, so they need no read after the commit.
+/// Stores new deliveries and returns them as stored, one per id in the order first given
+/// (`DeliveryStore::insert_new_stored`): the ones stored now as given, the others (ids
+/// stored before) as read back in the same transaction, so they need no read after it.
 fn store_new(
     tx: &Connection,
     records: Vec<DeliveryRecord>,
@@ -642,7 +643,12 @@ fn store_new(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
     ))?;
     let mut stored = Vec::with_capacity(records.len());
+    let mut seen = std::collections::HashSet::with_capacity(records.len());
     for r in records {
+        if !seen.insert(r.id.clone()) {
+            // A later copy of an id given twice: the first one stands.
+            continue;
+        }
         if insert_delivery(
             &mut insert,
             &r,
@@ -881,6 +887,24 @@ impl DeliveryStore for SqliteStore {
         })
         .await
         .map_err(unavailable)?
+    }
+
+    async fn insert_new_stored(
+        &self,
+        records: &[DeliveryRecord],
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        // One op: the inserts, and the reads of the ids stored before, in one transaction.
+        let records = records.to_vec();
+        let (now, retention) = (self.clock.now_ms(), self.retention);
+        self.run(move |conn| {
+            let sp = conn.savepoint()?;
+            let stored = store_new(&sp, records, now, retention)?;
+            sp.commit()?;
+            Ok::<_, rusqlite::Error>(stored)
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)
     }
 
     async fn get_many(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryRecord>, StoreError> {
@@ -1510,6 +1534,38 @@ mod tests {
             .into_iter()
             .map(|m| m.body)
             .collect()
+    }
+
+    // One op stores the new ones and reads back the ones stored before, once per id, in the
+    // order first given; a render pass's one commit (`render_atomic`) does the same.
+    #[tokio::test]
+    async fn insert_new_stored_returns_each_id_once_as_stored() {
+        use crate::domain::delivery::fixtures::pending;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let a = pending("evt-a");
+        let mut sent = a.clone();
+        sent.record_dry_run();
+        s.insert_new(std::slice::from_ref(&a)).await.unwrap();
+        s.save(&sent).await.unwrap();
+        let b = pending("evt-b");
+        let got = s
+            .insert_new_stored(&[b.clone(), a.clone(), b.clone()])
+            .await
+            .unwrap();
+        assert_eq!(got, vec![b.clone(), sent.clone()]);
+        let plan: crate::ports::PassPlan =
+            Box::new(|_: &[DeliveryRecord]| Ok(crate::ports::PassWrites::default()));
+        let c = pending("evt-c");
+        let got = crate::ports::AtomicRender::render_atomic(
+            &s,
+            vec![c.clone(), b.clone(), c.clone(), a.clone()],
+            plan,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, vec![c, b, sent]);
     }
 
     // An operator's cancel is one conditional UPDATE: a delivery due, sent (a dispatcher's
