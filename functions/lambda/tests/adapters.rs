@@ -826,9 +826,7 @@ async fn operator_cancels(store: &dyn DeliveryStore) {
         None
     );
     let mut expected = waiting.clone();
-    expected.status = DeliveryStatus::Cancelled;
-    expected.next_attempt_at = None;
-    expected.last_error = Some(why.into());
+    expected.cancel(why);
     let got = store
         .cancel_scheduled(&waiting.id, due - 1, why)
         .await

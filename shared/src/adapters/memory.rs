@@ -337,9 +337,7 @@ impl DeliveryStore for MemoryStore {
         }) else {
             return Ok(None);
         };
-        d.status = DeliveryStatus::Cancelled;
-        d.next_attempt_at = None;
-        d.last_error = Some(why.to_string());
+        d.cancel(why);
         Ok(Some(d.clone()))
     }
 
@@ -494,9 +492,7 @@ impl TimerStore for MemoryStore {
             }) else {
                 return true;
             };
-            d.status = DeliveryStatus::Cancelled;
-            d.next_attempt_at = None;
-            d.last_error = Some("cancelled by a later event".into());
+            d.cancel("cancelled by a later event");
             cancelled.push(id.clone());
             false
         });

@@ -972,21 +972,22 @@ impl DeliveryStore for SqliteStore {
         let expires_at = self
             .retention
             .delivery_expires_at(DeliveryStatus::Cancelled, self.clock.now_ms());
-        let changed = self
-            .run(move |conn| {
-                conn.execute(
+        // The record comes back from the UPDATE itself: no read after the commit.
+        self.run(move |conn| {
+            conn.query_row(
+                &format!(
                     "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, expires_at = ?2,
-                     last_error = ?3 WHERE id = ?1 AND status = 'scheduled' AND next_attempt_at > ?4",
-                    params![key, expires_at, why, now_ms],
-                )
-            })
-            .await
-            .map_err(unavailable)?
-            .map_err(unavailable)?;
-        if changed == 0 {
-            return Ok(None);
-        }
-        Ok(self.get_many(std::slice::from_ref(id)).await?.pop())
+                     last_error = ?3 WHERE id = ?1 AND status = 'scheduled' AND next_attempt_at > ?4
+                     RETURNING {DELIVERY_COLUMNS}"
+                ),
+                params![key, expires_at, why, now_ms],
+                delivery_from_row,
+            )
+            .optional()
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)
     }
 
     async fn for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
@@ -1596,9 +1597,7 @@ mod tests {
         );
         let got = s.cancel_scheduled(&waiting.id, due - 1, why).await.unwrap();
         let mut expected = waiting.clone();
-        expected.status = DeliveryStatus::Cancelled;
-        expected.next_attempt_at = None;
-        expected.last_error = Some(why.into());
+        expected.cancel(why);
         assert_eq!(got, Some(expected.clone()));
         assert_eq!(
             s.get_many(&[waiting.id.clone(), sent.id.clone()])

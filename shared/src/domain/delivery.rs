@@ -405,6 +405,13 @@ impl DeliveryRecord {
         self.next_attempt_at = None;
     }
 
+    /// Cancels a scheduled delivery (a later event's `unless`, or an operator), with `why`.
+    pub fn cancel(&mut self, why: &str) {
+        self.status = DeliveryStatus::Cancelled;
+        self.next_attempt_at = None;
+        self.last_error = Some(why.to_string());
+    }
+
     /// Records that the delivery was not sent because the relay runs dry (no SmartEmailing
     /// credentials); no attempt is spent.
     pub fn record_dry_run(&mut self) {

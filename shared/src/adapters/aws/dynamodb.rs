@@ -378,7 +378,6 @@ impl DynamoStore {
         self
     }
 
-    /// When a delivery written now in `status` may go (Unix seconds, DynamoDB's TTL unit).
     /// The write that cancels the delivery `id` while it is `scheduled` and `condition`
     /// holds (its values are the caller's to add), with `why` as its last error.
     fn cancel_write(
@@ -406,6 +405,7 @@ impl DynamoStore {
             .expression_attribute_values(":scheduled", s(DeliveryStatus::Scheduled.as_str()))
     }
 
+    /// When a delivery written now in `status` may go (Unix seconds, DynamoDB's TTL unit).
     fn expires_at(&self, status: DeliveryStatus) -> Option<i64> {
         self.retention
             .delivery_expires_at(status, self.clock.now_ms())
