@@ -531,6 +531,21 @@ async fn sends_and_orders_are_validated() {
     assert_eq!(fake.items_at("/send/transactional-emails-bulk").len(), 5);
     assert_eq!(fake.items_at("/send/custom-sms-bulk").len(), 1);
     assert_eq!(fake.items_at("/import-orders").len(), 1);
+    // The running counts the waiters read agree with the items, refused calls left out.
+    for path in [
+        "/send/custom-emails-bulk",
+        "/send/transactional-emails-bulk",
+        "/send/custom-sms-bulk",
+        "/import-orders",
+    ] {
+        assert_eq!(
+            fake.item_count_at(path),
+            fake.items_at(path).len(),
+            "{path}"
+        );
+    }
+    fake.clear_requests();
+    assert_eq!(fake.item_count_at("/import-orders"), 0);
 }
 
 fn order_with_item() -> Value {

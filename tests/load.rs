@@ -64,10 +64,10 @@ async fn twenty_thousand_events_with_injected_faults() {
         .env("RELAY_API_KEYS", API_KEY)
         .env("SMARTEMAILING_USERNAME", SE_USER)
         .env("SMARTEMAILING_API_KEY", SE_KEY)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("relay.log")).unwrap())
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
@@ -117,6 +117,13 @@ async fn twenty_thousand_events_with_injected_faults() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // When something did not arrive, say where it is: the deliveries that are neither sent
+    // nor dead, and the relay's warnings.
+    let stuck = if all_arrived {
+        String::new()
+    } else {
+        unfinished(&state) + &tail(&dir.path().join("relay.log"), 40)
+    };
     let rss = peak_rss_kib(child.id());
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -126,8 +133,9 @@ async fn twenty_thousand_events_with_injected_faults() {
 
     assert!(
         all_arrived,
-        "only {} triggers arrived",
-        se.triggered_events().len()
+        "{} of {good} triggers and {} of {good} imports arrived\n{stuck}",
+        se.triggered_events().len(),
+        se.imported_contacts().len()
     );
     let mut per_contact: HashMap<String, usize> = HashMap::new();
     for t in se.triggered_events() {
@@ -169,4 +177,44 @@ async fn twenty_thousand_events_with_injected_faults() {
         rss / 1024
     );
     assert!(rss < 256 * 1024, "peak RSS {rss} KiB");
+}
+
+/// The deliveries that are neither sent nor dead: a count per status and rule, and the first
+/// few in full.
+fn unfinished(state: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["deliveries", "--json", "--limit", "0", "--state"])
+        .arg(state)
+        .output()
+        .unwrap();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut examples = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let d: Value = serde_json::from_str(line).unwrap();
+        let status = d["status"].as_str().unwrap_or("?").to_string();
+        if status == "sent" || status == "dead" {
+            continue;
+        }
+        *counts
+            .entry(format!("{status} {}", d["action"]))
+            .or_default() += 1;
+        if examples.len() < 5 {
+            examples.push(line.to_string());
+        }
+    }
+    format!("unfinished: {counts:?}\n{}\n", examples.join("\n"))
+}
+
+/// The last `n` lines of the relay's log, leaving out the expected ones (the refused
+/// contacts given up).
+fn tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("Invalid emailaddress"))
+        .collect();
+    format!(
+        "relay log, last {n} unexpected lines:\n{}",
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
 }

@@ -217,6 +217,7 @@ impl FakeSmartEmailing {
                 random_fault: None,
                 rejected: HashSet::new(),
                 requests: Vec::new(),
+                accepted_items: HashMap::new(),
                 contact_ids: HashMap::new(),
                 next_id: 1000,
             }),
@@ -305,6 +306,18 @@ impl FakeSmartEmailing {
         self.shared.lock().items_at(path)
     }
 
+    /// How many items the accepted calls to `path` carried: kept as they are recorded, so a
+    /// waiter woken on every request does not copy them all each time (and hold the lock
+    /// the handlers need meanwhile).
+    pub fn item_count_at(&self, path: &str) -> usize {
+        self.shared
+            .lock()
+            .accepted_items
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// All items of accepted `/trigger-event` calls, flattened.
     pub fn triggered_events(&self) -> Vec<Value> {
         self.items_at("/trigger-event")
@@ -317,7 +330,9 @@ impl FakeSmartEmailing {
 
     /// Forget all recorded requests (faults and settings stay).
     pub fn clear_requests(&self) {
-        self.shared.lock().requests.clear();
+        let mut st = self.shared.lock();
+        st.requests.clear();
+        st.accepted_items.clear();
     }
 
     /// The next request (any path) gets this answer. FIFO, one fault per request.
@@ -381,11 +396,11 @@ impl FakeSmartEmailing {
             // Register before checking so that a notification between the check and the
             // await is not lost.
             notified.as_mut().enable();
-            if self.items_at(path).len() >= n {
+            if self.item_count_at(path) >= n {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.items_at(path).len() >= n;
+                return self.item_count_at(path) >= n;
             }
         }
     }
@@ -432,6 +447,8 @@ struct FakeState {
     random_fault: Option<(u64, Fault, u64)>,
     rejected: HashSet<String>,
     requests: Vec<RecordedRequest>,
+    /// Per path, how many items its accepted requests carried (`item_count_at`).
+    accepted_items: HashMap<String, usize>,
     contact_ids: HashMap<String, u64>,
     next_id: u64,
 }
@@ -479,6 +496,17 @@ fn items_of(path: &str, body: &Value) -> Vec<Value> {
             .cloned()
             .unwrap_or_default(),
         _ => vec![body.clone()],
+    }
+}
+
+/// How many items `items_of` would give, without copying them.
+fn item_count(path: &str, body: &Value) -> usize {
+    let len = |v: Option<&Value>| v.and_then(Value::as_array).map_or(0, Vec::len);
+    match path {
+        "/trigger-event" => len(Some(body)),
+        "/import" | "/import-orders" => len(body.get("data")),
+        p if p.starts_with("/send/") => len(body.get("tasks")),
+        _ => 1,
     }
 }
 
@@ -776,7 +804,7 @@ async fn handle(
                 &body,
             ),
         };
-        st.requests.push(RecordedRequest {
+        let recorded = RecordedRequest {
             method: method.as_str().to_string(),
             path: recorded_path,
             headers: recorded_headers,
@@ -785,7 +813,12 @@ async fn handle(
             status: answer.status,
             response_body: answer.body.clone(),
             query: uri.query().map(str::to_string),
-        });
+        };
+        if recorded.is_accepted() {
+            *st.accepted_items.entry(recorded.path.clone()).or_default() +=
+                item_count(&recorded.path, &recorded.body);
+        }
+        st.requests.push(recorded);
         (answer, fault)
     };
     shared.notify.notify_waiters();
