@@ -5,7 +5,7 @@
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use relay_shared::domain::event::{Event, EventId, EventType};
-use relay_shared::rules::template::{context, Node, TemplateSet};
+use relay_shared::rules::template::{Node, TemplateSet, Vars};
 use serde_json::{json, Map, Value};
 
 /// Strings made to hurt: template syntax, JSON syntax, escapes, control characters, unicode.
@@ -112,7 +112,7 @@ proptest! {
         data.insert("any".into(), any.clone());
         let event = event_with(data);
         let out = set
-            .render_tree(&node, &context(&event, event.occurred_at))
+            .render_tree(&node, &Vars::new(&event, event.occurred_at))
             .expect("string and JSON data always render");
 
         // What goes on the wire parses back to the same document.
@@ -143,7 +143,7 @@ proptest! {
         data.insert("any".into(), any.clone());
         let event = event_with(data);
         let out = set
-            .render_tree(&node, &context(&event, event.occurred_at))
+            .render_tree(&node, &Vars::new(&event, event.occurred_at))
             .expect("json_encode renders any value");
         prop_assert_eq!(keys(&out), ["k", "text"]);
         let text = out["text"].as_str().expect("a string leaf stays a string");

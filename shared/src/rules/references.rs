@@ -5,7 +5,7 @@
 
 use tera::ast::{Expr, ExprVal, FunctionCall, Node};
 
-/// The variables every template sees (built by `rules::template::context`).
+/// The variables every template sees (`rules::template::Vars`, or `context` for Tera).
 pub const CONTEXT_VARIABLES: &[&str] = &["event", "contact", "data", "now"];
 
 /// The fields of an event's contact that templates may read. `domain::event` validates these

@@ -6,7 +6,7 @@ use crate::domain::event::Event;
 use crate::rules::actions;
 pub use crate::rules::actions::NotRendered;
 use crate::rules::config::{Config, Rule};
-use crate::rules::template::context;
+use crate::rules::template::Vars;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
@@ -46,7 +46,7 @@ pub fn render_event(
     only: Option<&[String]>,
     now: DateTime<Utc>,
 ) -> Vec<RenderedAction> {
-    let ctx = context(event, now);
+    let ctx = Vars::new(event, now);
     let mut out = Vec::new();
     for rule in matching_rules(config, event, only) {
         if let Some(cond) = &rule.condition {

@@ -9,9 +9,9 @@
 //! the template after all — wherever Tera would do anything else: a missing variable
 //! (Tera's error names it), a value whose output would differ or exceed the size limit.
 
+use crate::rules::template::Vars;
 use serde_json::Value;
 use tera::ast::{Expr, ExprVal, LogicOperator, Node};
-use tera::Context;
 
 /// A compiled template's shape, when it is one the relay renders without Tera.
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ impl Shortcut {
     }
 
     /// What Tera would render, if it is sure to be that and at most `max` bytes.
-    pub(crate) fn text(&self, ctx: &Context, max: usize) -> Option<String> {
+    pub(crate) fn text(&self, ctx: &Vars, max: usize) -> Option<String> {
         let Shortcut::Text(parts) = self else {
             return None;
         };
@@ -94,7 +94,7 @@ impl Shortcut {
 
     /// The value a typed leaf gives, when its JSON text would come back as the same value
     /// and stay within `max` bytes.
-    pub(crate) fn value(&self, ctx: &Context, max: usize) -> Option<Value> {
+    pub(crate) fn value(&self, ctx: &Vars, max: usize) -> Option<Value> {
         let Shortcut::Typed(lookup) = self else {
             return None;
         };
@@ -160,7 +160,7 @@ fn value_part(e: &Expr) -> Option<Part> {
 }
 
 /// Appends what Tera renders for `parts`; `None` where Tera would do something else.
-fn render_parts(parts: &[Part], ctx: &Context, out: &mut String) -> Option<()> {
+fn render_parts(parts: &[Part], ctx: &Vars, out: &mut String) -> Option<()> {
     for p in parts {
         match p {
             Part::Text(t) => out.push_str(t),
@@ -225,7 +225,7 @@ impl Test {
     }
 
     /// Whether the test holds, as Tera decides it; `None` where Tera would fail.
-    fn holds(&self, ctx: &Context) -> Option<bool> {
+    fn holds(&self, ctx: &Vars) -> Option<bool> {
         Some(match self {
             Test::Compare {
                 lookup,
@@ -272,9 +272,9 @@ impl Lookup {
 
     /// The value as Tera's `lookup_ident` finds it, the default standing in for a missing
     /// or null one; `None` when missing without a default (Tera's error says so).
-    fn find<'c>(&'c self, ctx: &'c Context) -> Option<&'c Value> {
+    fn find<'c>(&'c self, ctx: &'c Vars) -> Option<&'c Value> {
         let mut segments = self.path.split('.');
-        let root = ctx.get(segments.next()?);
+        let root = ctx.start(&mut segments);
         // `tera::dotted_pointer`'s walk, without its two allocations a segment: a plain
         // path has no quotes, brackets or `~` for it to unescape.
         let found = segments.try_fold(root?, |v, seg| match v {
@@ -375,16 +375,16 @@ fn spend(budget: &mut usize, n: usize) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
-    use tera::Tera;
+    use tera::{Context, Tera};
 
-    fn ctx() -> Context {
-        Context::from_value(json!({
+    fn ctx() -> Vars<'static> {
+        Vars::of_context(Context::from_value(json!({
             "contact": {"first_name": "Jan", "none": null, "n": 7, "big": 18446744073709551615u64,
                         "neg": -3, "f": 1.5, "yes": true, "tags": ["a", 1], "obj": {"a": 1}},
             "data": {"items": [{"id": "SKU-1", "q": 2}], "status": "shipped", "f": 0.1,
                      "deep": {"x": {"y": "z"}}, "0": "zero"},
         }))
-        .unwrap()
+        .unwrap())
     }
 
     /// What Tera renders, and what the shortcut does, when it takes the template.
@@ -394,7 +394,10 @@ mod tests {
         tera.add_raw_template("t", source).unwrap();
         let ast = &tera.get_template("t").unwrap().ast;
         let quick = Shortcut::of(ast).and_then(|s| s.text(&ctx(), 1 << 20));
-        (tera.render("t", &ctx()).map_err(|e| e.to_string()), quick)
+        (
+            tera.render("t", ctx().context()).map_err(|e| e.to_string()),
+            quick,
+        )
     }
 
     #[test]
@@ -492,7 +495,7 @@ mod tests {
             tera.add_raw_template(&name, &source).unwrap();
             let shortcut = Shortcut::of(&tera.get_template(&name).unwrap().ast);
             let quick = shortcut.and_then(|s| s.value(&ctx(), 1 << 20));
-            let text = tera.render(&name, &ctx()).unwrap();
+            let text = tera.render(&name, ctx().context()).unwrap();
             let slow: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(quick, Some(slow), "{expr}");
         }

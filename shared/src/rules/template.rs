@@ -224,7 +224,7 @@ impl TemplateSet {
     }
 
     /// Renders a string piece.
-    pub fn render_str(&self, piece: &Piece, ctx: &Context) -> Result<String, TemplateError> {
+    pub fn render_str(&self, piece: &Piece, ctx: &Vars) -> Result<String, TemplateError> {
         match piece {
             Piece::Literal(s) => Ok(s.clone()),
             Piece::Template { name, place } => self.run(name, place, ctx),
@@ -232,12 +232,12 @@ impl TemplateSet {
     }
 
     /// Evaluates a condition piece.
-    pub fn render_condition(&self, piece: &Piece, ctx: &Context) -> Result<bool, TemplateError> {
+    pub fn render_condition(&self, piece: &Piece, ctx: &Vars) -> Result<bool, TemplateError> {
         Ok(self.render_str(piece, ctx)? == "true")
     }
 
     /// Renders a tree into JSON.
-    pub fn render_tree(&self, node: &Node, ctx: &Context) -> Result<Value, TemplateError> {
+    pub fn render_tree(&self, node: &Node, ctx: &Vars) -> Result<Value, TemplateError> {
         Ok(match node {
             Node::Value(v) => v.clone(),
             Node::Text(p) => Value::String(self.render_str(p, ctx)?),
@@ -268,15 +268,18 @@ impl TemplateSet {
         })
     }
 
-    fn run(&self, name: &str, place: &str, ctx: &Context) -> Result<String, TemplateError> {
+    fn run(&self, name: &str, place: &str, ctx: &Vars) -> Result<String, TemplateError> {
         let quick = self.shortcuts.get(name);
         if let Some(out) = quick.and_then(|s| s.text(ctx, MAX_RENDERED_BYTES)) {
             return Ok(out);
         }
-        let out = self.tera.render(name, ctx).map_err(|e| TemplateError {
-            place: place.to_string(),
-            message: tera_message(&e),
-        })?;
+        let out = self
+            .tera
+            .render(name, ctx.context())
+            .map_err(|e| TemplateError {
+                place: place.to_string(),
+                message: tera_message(&e),
+            })?;
         if out.len() > MAX_RENDERED_BYTES {
             return Err(TemplateError {
                 place: place.to_string(),
@@ -331,6 +334,100 @@ fn sha256_filter(value: &Value, _: &HashMap<String, Value>) -> tera::Result<Valu
         other => other.to_string(),
     };
     Ok(Value::String(hex::encode(Sha256::digest(text.as_bytes()))))
+}
+
+/// The variables every template sees (`event`, `contact`, `data`, `now`), read where they
+/// are. A shortcut borrows them from the event; Tera's own `Context`, which owns copies of
+/// them all, is built only when a template needs Tera, and `event` and `now` as values only
+/// when a shortcut reads them whole (BENCHMARKS.md, issue 16).
+pub struct Vars<'a> {
+    source: Source<'a>,
+    event_value: std::cell::OnceCell<Value>,
+    now_value: std::cell::OnceCell<Value>,
+    context: std::cell::OnceCell<Context>,
+}
+
+/// Where the variables come from.
+enum Source<'a> {
+    /// An event rendered at `now`.
+    Event {
+        event: &'a crate::domain::event::Event,
+        now: chrono::DateTime<chrono::Utc>,
+    },
+    /// A context given whole (tests, with variables of their own).
+    #[cfg(test)]
+    Context,
+}
+
+impl<'a> Vars<'a> {
+    /// The variables of `event` rendered at `now`.
+    pub fn new(event: &'a crate::domain::event::Event, now: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            source: Source::Event { event, now },
+            event_value: Default::default(),
+            now_value: Default::default(),
+            context: Default::default(),
+        }
+    }
+
+    /// Variables that are exactly `context`'s.
+    #[cfg(test)]
+    pub(crate) fn of_context(context: Context) -> Self {
+        Self {
+            source: Source::Context,
+            event_value: Default::default(),
+            now_value: Default::default(),
+            context: context.into(),
+        }
+    }
+
+    /// Tera's context, built on first use.
+    pub fn context(&self) -> &Context {
+        self.context.get_or_init(|| match &self.source {
+            Source::Event { event, now } => context(event, *now),
+            #[cfg(test)]
+            Source::Context => unreachable!("given at construction"),
+        })
+    }
+
+    /// Where a dotted path starts: the value its first segments name, taken off `segments`
+    /// (one, two or three of them; the caller walks the rest). `None` for a variable no
+    /// template sees. What it gives is what Tera's context holds at that place.
+    pub(crate) fn start<'s, 'p>(
+        &'s self,
+        segments: &mut std::str::Split<'p, char>,
+    ) -> Option<&'s Value> {
+        let (event, now) = match &self.source {
+            Source::Event { event, now } => (*event, *now),
+            #[cfg(test)]
+            Source::Context => return self.context().get(segments.next()?),
+        };
+        let first = segments.next()?;
+        let (map, name) = match first {
+            "contact" => (&event.contact, "contact"),
+            "data" => (&event.data, "data"),
+            "now" => {
+                return Some(self.now_value.get_or_init(|| {
+                    Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                }))
+            }
+            "event" => {
+                let whole = || self.event_value.get_or_init(|| event.to_value());
+                match segments.next() {
+                    Some("contact") => (&event.contact, "contact"),
+                    Some("data") => (&event.data, "data"),
+                    Some(other) => return whole().get(other),
+                    None => return Some(whole()),
+                }
+            }
+            _ => return None,
+        };
+        match segments.next() {
+            Some(key) => map.get(key),
+            // The whole map, as a value: the copy inside `event`, made once.
+            None => self.event_value.get_or_init(|| event.to_value()).get(name),
+        }
+    }
 }
 
 /// Builds the context every template sees: `event`, `contact`, `data` and `now`.
@@ -491,8 +588,64 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ctx(v: Value) -> Context {
-        Context::from_value(v).unwrap()
+    fn ctx(v: Value) -> Vars<'static> {
+        Vars::of_context(Context::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn vars_give_what_teras_context_holds_at_every_path() {
+        // The shortcuts read the event through `Vars::start`; Tera reads the context built
+        // from it. For every kind of path they must find the same value (or both none).
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:11:12Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let event = crate::domain::event::parse_event(
+            &json!({"id": "e-1", "type": "order.status_changed",
+                    "occurred_at": "2026-12-01T08:00:00.250Z",
+                    "contact": {"email": "jan@example.com", "tags": ["a", "b"], "none": null},
+                    "data": {"items": [{"id": "SKU-1"}], "status": "shipped", "0": "zero"}}),
+            "",
+            now,
+        )
+        .unwrap();
+        let vars = Vars::new(&event, now);
+        let full = context(&event, now).into_json();
+        for path in [
+            "contact",
+            "contact.email",
+            "contact.tags.1",
+            "contact.none",
+            "contact.missing",
+            "data",
+            "data.items.0.id",
+            "data.0",
+            "data.status.x",
+            "event",
+            "event.id",
+            "event.type",
+            "event.occurred_at",
+            "event.contact",
+            "event.contact.email",
+            "event.data.items",
+            "event.missing",
+            "now",
+            "now.x",
+            "nothing",
+            "nothing.x",
+        ] {
+            let mut segments = path.split('.');
+            let found = vars.start(&mut segments).and_then(|v| {
+                segments.try_fold(v, |v, seg| match v {
+                    Value::Object(m) => m.get(seg),
+                    Value::Array(l) => seg.parse::<usize>().ok().and_then(|i| l.get(i)),
+                    _ => None,
+                })
+            });
+            let pointer = format!("/{}", path.replace('.', "/"));
+            assert_eq!(found, full.pointer(&pointer), "{path}");
+        }
+        // Nothing read needed Tera's context.
+        assert!(vars.context.get().is_none());
     }
 
     #[test]

@@ -22,11 +22,10 @@ pub use webhook::{WebhookAuth, WebhookBody, WebhookRequest};
 
 use crate::domain::delivery::Prepared;
 use crate::domain::event::{Email, Event};
-use crate::rules::template::{Node, Piece, TemplateError, TemplateSet};
+use crate::rules::template::{Node, Piece, TemplateError, TemplateSet, Vars};
 use crate::security::outbound::OutboundPolicy;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tera::Context;
 
 /// One compiled action of a rule.
 #[derive(Debug, Clone)]
@@ -176,7 +175,7 @@ pub(crate) fn render(
     outbound: &OutboundPolicy,
     action: &Action,
     event: &Event,
-    ctx: &Context,
+    ctx: &Vars,
 ) -> Result<Prepared, NotRendered> {
     let s = Scope {
         templates,
@@ -237,7 +236,7 @@ struct Scope<'a> {
     outbound: &'a OutboundPolicy,
     action: &'a Action,
     event: &'a Event,
-    ctx: &'a Context,
+    ctx: &'a Vars<'a>,
 }
 
 impl Scope<'_> {
