@@ -254,7 +254,7 @@ async fn naive_events(State(n): State<Arc<Naive>>, bytes: Bytes) -> (StatusCode,
         }
     };
     let now = chrono::Utc::now();
-    let subs = match parse_submission(&value, now) {
+    let subs = match parse_submission(value, now) {
         Ok(s) => s,
         Err(e) => {
             return (

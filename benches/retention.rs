@@ -101,7 +101,7 @@ async fn run(sweep: bool, per_day: usize, days: u64) -> Vec<(u64, u64)> {
                 })
                 .collect();
             let subs =
-                parse_submission(&json!({ "events": events }), clock.now()).expect("valid events");
+                parse_submission(json!({ "events": events }), clock.now()).expect("valid events");
             inbound.accept(subs).await.expect("accept");
             drain(&store, &render, &dispatch).await;
             if sweep {

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         serde_json::from_slice(data).expect("check_json accepted what serde_json refuses");
     assert_eq!(value, theirs, "check_json and serde_json disagree");
     let now = Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap();
-    if let Ok(submitted) = parse_submission(&value, now) {
+    if let Ok(submitted) = parse_submission(value, now) {
         assert!(!submitted.is_empty());
         for s in submitted {
             let text = serde_json::to_vec(&s.event.to_value()).expect("an event serialises");

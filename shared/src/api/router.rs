@@ -151,7 +151,7 @@ async fn post_events(
 ) -> Result<Response, ApiError> {
     let value = read_json(state.body_limit, &headers, body).await?;
     let batch = value.get("events").is_some() && value.get("type").is_none();
-    let subs = parse_submission(&value, state.clock.now())?;
+    let subs = parse_submission(value, state.clock.now())?;
     accept(&state, subs, batch).await
 }
 

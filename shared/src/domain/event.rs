@@ -285,13 +285,13 @@ impl std::io::Write for HashSink {
 }
 
 /// Parses a `POST /v1/events` body that is already JSON: one event, or `{"events": [...]}`.
-pub fn parse_submission(body: &Value, now: DateTime<Utc>) -> Result<Vec<Submitted>, FieldError> {
-    let obj = body.as_object().ok_or_else(|| {
-        FieldError::new(
+pub fn parse_submission(body: Value, now: DateTime<Utc>) -> Result<Vec<Submitted>, FieldError> {
+    let Value::Object(mut obj) = body else {
+        return Err(FieldError::new(
             "",
             "the body must be a JSON object: one event, or {\"events\": [...]}",
-        )
-    })?;
+        ));
+    };
     if obj.contains_key("events") && !obj.contains_key("type") {
         if obj.len() != 1 {
             let extra = obj
@@ -304,9 +304,9 @@ pub fn parse_submission(body: &Value, now: DateTime<Utc>) -> Result<Vec<Submitte
                 "unknown field beside `events`",
             ));
         }
-        let list = obj["events"]
-            .as_array()
-            .ok_or_else(|| FieldError::new("/events", "must be an array of events"))?;
+        let Some(Value::Array(list)) = obj.remove("events") else {
+            return Err(FieldError::new("/events", "must be an array of events"));
+        };
         if list.is_empty() {
             return Err(FieldError::new("/events", "must hold at least one event"));
         }
@@ -321,9 +321,10 @@ pub fn parse_submission(body: &Value, now: DateTime<Utc>) -> Result<Vec<Submitte
         }
         let mut out = Vec::with_capacity(list.len());
         let mut seen = std::collections::HashSet::new();
-        for (i, raw) in list.iter().enumerate() {
+        for (i, raw) in list.into_iter().enumerate() {
             let path = format!("/events/{i}");
-            let event = parse_event(raw, &path, now)?;
+            let payload_hash = hash_value(&raw);
+            let event = take_event(raw, &path, now)?;
             if !seen.insert(event.id.clone()) {
                 return Err(FieldError::new(
                     format!("{path}/id"),
@@ -332,24 +333,32 @@ pub fn parse_submission(body: &Value, now: DateTime<Utc>) -> Result<Vec<Submitte
             }
             out.push(Submitted {
                 event,
-                payload_hash: hash_value(raw),
+                payload_hash,
             });
         }
         Ok(out)
     } else {
-        let event = parse_event(body, "", now)?;
+        let body = Value::Object(obj);
+        let payload_hash = hash_value(&body);
+        let event = take_event(body, "", now)?;
         Ok(vec![Submitted {
             event,
-            payload_hash: hash_value(body),
+            payload_hash,
         }])
     }
 }
 
 /// Validates one event object; `path` is its JSON pointer for error messages.
 pub fn parse_event(raw: &Value, path: &str, now: DateTime<Utc>) -> Result<Event, FieldError> {
-    let obj = raw
-        .as_object()
-        .ok_or_else(|| FieldError::new(path, "an event must be a JSON object"))?;
+    take_event(raw.clone(), path, now)
+}
+
+/// [`parse_event`] taking the object by value: `contact` and `data` are moved out of it, not
+/// copied (the inbound path, BENCHMARKS.md, issue 16).
+fn take_event(raw: Value, path: &str, now: DateTime<Utc>) -> Result<Event, FieldError> {
+    let Value::Object(mut obj) = raw else {
+        return Err(FieldError::new(path, "an event must be a JSON object"));
+    };
     for key in obj.keys() {
         if !matches!(
             key.as_str(),
@@ -392,9 +401,12 @@ pub fn parse_event(raw: &Value, path: &str, now: DateTime<Utc>) -> Result<Event,
             ))
         }
     };
-    let contact = match obj.get("contact") {
+    let contact = match obj.remove("contact") {
         None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(c)) => validate_contact(c, &format!("{path}/contact"))?,
+        Some(Value::Object(c)) => {
+            validate_contact(&c, &format!("{path}/contact"))?;
+            c
+        }
         Some(_) => {
             return Err(FieldError::new(
                 format!("{path}/contact"),
@@ -402,9 +414,9 @@ pub fn parse_event(raw: &Value, path: &str, now: DateTime<Utc>) -> Result<Event,
             ))
         }
     };
-    let data = match obj.get("data") {
+    let data = match obj.remove("data") {
         None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(d)) => d.clone(),
+        Some(Value::Object(d)) => d,
         Some(_) => return Err(FieldError::new(format!("{path}/data"), "must be an object")),
     };
     Ok(Event {
@@ -416,7 +428,7 @@ pub fn parse_event(raw: &Value, path: &str, now: DateTime<Utc>) -> Result<Event,
     })
 }
 
-fn validate_contact(c: &Map<String, Value>, path: &str) -> Result<Map<String, Value>, FieldError> {
+fn validate_contact(c: &Map<String, Value>, path: &str) -> Result<(), FieldError> {
     for (key, value) in c {
         let field = format!("{path}/{}", escape_pointer(key));
         match key.as_str() {
@@ -447,7 +459,7 @@ fn validate_contact(c: &Map<String, Value>, path: &str) -> Result<Map<String, Va
             _ => {}
         }
     }
-    Ok(c.clone())
+    Ok(())
 }
 
 /// Escapes a key for use in a JSON pointer (RFC 6901).
@@ -479,7 +491,7 @@ mod tests {
     #[test]
     fn a_full_event_parses() {
         let subs = parse_submission(
-            &json!({"id": "evt-1", "type": "contact.created", "occurred_at": "2026-11-26T09:00:00+01:00",
+            json!({"id": "evt-1", "type": "contact.created", "occurred_at": "2026-11-26T09:00:00+01:00",
                     "contact": {"email": "jan@example.com", "birthday": "1990-05-17"}, "data": {"x": 1}}),
             now(),
         )
@@ -494,14 +506,14 @@ mod tests {
 
     #[test]
     fn occurred_at_defaults_to_now() {
-        let subs = parse_submission(&json!({"id": "a", "type": "t"}), now()).unwrap();
+        let subs = parse_submission(json!({"id": "a", "type": "t"}), now()).unwrap();
         assert_eq!(subs[0].event.occurred_at, now());
     }
 
     #[test]
     fn a_bad_email_in_a_batch_names_its_path() {
         let err = parse_submission(
-            &json!({"events": [{"id": "a", "type": "t"}, {"id": "b", "type": "t", "contact": {"email": "nope"}}]}),
+            json!({"events": [{"id": "a", "type": "t"}, {"id": "b", "type": "t", "contact": {"email": "nope"}}]}),
             now(),
         )
         .unwrap_err();
@@ -582,7 +594,7 @@ mod tests {
     #[test]
     fn a_batch_with_a_repeated_id_is_refused() {
         let err = parse_submission(
-            &json!({"events": [{"id": "a", "type": "t"}, {"id": "a", "type": "t"}]}),
+            json!({"events": [{"id": "a", "type": "t"}, {"id": "a", "type": "t"}]}),
             now(),
         )
         .unwrap_err();

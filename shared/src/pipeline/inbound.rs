@@ -387,7 +387,7 @@ mod tests {
             {"id": "small", "type": "t"},
             {"id": "big", "type": "t", "data": {"x": "y".repeat(2000)}}
         ]});
-        let subs = parse_submission(&big, clock.now()).unwrap();
+        let subs = parse_submission(big, clock.now()).unwrap();
         match inbound.accept(subs).await {
             Err(InboundError::TooLarge { index: 1, .. }) => {}
             other => panic!("{other:?}"),
@@ -395,7 +395,7 @@ mod tests {
         // Nothing of the batch is held: both ids can be sent again.
         assert!(store.get("small").await.unwrap().is_none());
         assert!(store.get("big").await.unwrap().is_none());
-        let ok = parse_submission(&json!({"id": "small", "type": "t"}), clock.now()).unwrap();
+        let ok = parse_submission(json!({"id": "small", "type": "t"}), clock.now()).unwrap();
         assert_eq!(inbound.accept(ok).await.unwrap()[0].1, Accepted::Accepted);
     }
 
@@ -407,7 +407,7 @@ mod tests {
         let inbound = Inbound::new(store.clone(), store.clone(), clock.clone(), None)
             .with_atomic(store.clone());
         let first = parse_submission(
-            &json!({"id": "a", "type": "t", "data": {"v": 1}}),
+            json!({"id": "a", "type": "t", "data": {"v": 1}}),
             clock.now(),
         )
         .unwrap();
@@ -420,7 +420,7 @@ mod tests {
             Accepted::Duplicate
         );
         let batch = parse_submission(
-            &json!({"events": [{"id": "b", "type": "t"}, {"id": "a", "type": "t", "data": {"v": 2}}]}),
+            json!({"events": [{"id": "b", "type": "t"}, {"id": "a", "type": "t", "data": {"v": 2}}]}),
             clock.now(),
         )
         .unwrap();
@@ -446,8 +446,8 @@ mod tests {
                 Inbound::new(store.clone(), store.clone(), clock.clone(), None)
                     .with_atomic(store.clone()),
             );
-            let sub = parse_submission(&json!({"id": format!("c{i}"), "type": "t"}), clock.now())
-                .unwrap();
+            let sub =
+                parse_submission(json!({"id": format!("c{i}"), "type": "t"}), clock.now()).unwrap();
             tasks.push(tokio::spawn(async move {
                 inbound.accept(sub).await.unwrap()[0].1
             }));
