@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
 use relay_shared::domain::event::{Event, EventId, EventType};
 use relay_shared::security::limits::{check_json, InputLimits};
-use relay_shared::rules::template::{context, TemplateSet};
+use relay_shared::rules::template::{TemplateSet, Vars};
 use serde_json::{json, Map, Value};
 
 fuzz_target!(|data: &[u8]| {
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         contact: Map::new(),
         data: fields,
     };
-    let Ok(out) = set.render_tree(&tree, &context(&event, now)) else {
+    let Ok(out) = set.render_tree(&tree, &Vars::new(&event, now)) else {
         return;
     };
     let text = serde_json::to_string(&out).expect("rendered JSON serialises");
