@@ -98,22 +98,9 @@ async fn twenty_thousand_events_with_injected_faults() {
     // Let the last dead letters settle, then stop the relay cleanly.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let dead = loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args([
-                "deliveries",
-                "--status",
-                "dead",
-                "--json",
-                "--limit",
-                "0",
-                "--state",
-            ])
-            .arg(&state)
-            .output()
-            .unwrap();
-        let n = String::from_utf8_lossy(&out.stdout).lines().count();
-        if n >= bad.len() * 2 || tokio::time::Instant::now() > deadline {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
+        let out = deliveries(&state, &["--status", "dead"]);
+        if out.lines().count() >= bad.len() * 2 || tokio::time::Instant::now() > deadline {
+            break out;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -182,14 +169,9 @@ async fn twenty_thousand_events_with_injected_faults() {
 /// The deliveries that are neither sent nor dead: a count per status and rule, and the first
 /// few in full.
 fn unfinished(state: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(["deliveries", "--json", "--limit", "0", "--state"])
-        .arg(state)
-        .output()
-        .unwrap();
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut examples = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in deliveries(state, &[]).lines() {
         let d: Value = serde_json::from_str(line).unwrap();
         let status = d["status"].as_str().unwrap_or("?").to_string();
         if status == "sent" || status == "dead" {
@@ -203,6 +185,18 @@ fn unfinished(state: &std::path::Path) -> String {
         }
     }
     format!("unfinished: {counts:?}\n{}\n", examples.join("\n"))
+}
+
+/// Every delivery `relay deliveries --json` lists with `filter`, one JSON object a line.
+fn deliveries(state: &std::path::Path, filter: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("deliveries")
+        .args(filter)
+        .args(["--json", "--limit", "0", "--state"])
+        .arg(state)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The last `n` lines of the relay's log, leaving out the expected ones (the refused

@@ -483,30 +483,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn items_of(path: &str, body: &Value) -> Vec<Value> {
-    match path {
-        "/trigger-event" => body.as_array().cloned().unwrap_or_default(),
-        "/import" | "/import-orders" => body
-            .get("data")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
-        p if p.starts_with("/send/") => body
-            .get("tasks")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
-        _ => vec![body.clone()],
-    }
+    items_in(path, body).to_vec()
 }
 
-/// How many items `items_of` would give, without copying them.
-fn item_count(path: &str, body: &Value) -> usize {
-    let len = |v: Option<&Value>| v.and_then(Value::as_array).map_or(0, Vec::len);
+/// The items a call carries, borrowed from its body: the array of its path (empty when it is
+/// missing), or the body itself for a call that is one item.
+fn items_in<'b>(path: &str, body: &'b Value) -> &'b [Value] {
+    let list = |v: Option<&'b Value>| v.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
     match path {
-        "/trigger-event" => len(Some(body)),
-        "/import" | "/import-orders" => len(body.get("data")),
-        p if p.starts_with("/send/") => len(body.get("tasks")),
-        _ => 1,
+        "/trigger-event" => list(Some(body)),
+        "/import" | "/import-orders" => list(body.get("data")),
+        p if p.starts_with("/send/") => list(body.get("tasks")),
+        _ => std::slice::from_ref(body),
     }
 }
 
@@ -518,13 +506,13 @@ fn duplicate_row(path: &str, body: &Value) -> Option<String> {
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
     let email = |v: &Value| text(v, "emailaddress").map(|e| e.trim().to_ascii_lowercase());
     let mut seen = std::collections::HashSet::new();
-    for item in items_of(path, body) {
+    for item in items_in(path, body) {
         let row = match path {
-            "/trigger-event" => email(&item)
-                .zip(text(&item, "name"))
+            "/trigger-event" => email(item)
+                .zip(text(item, "name"))
                 .map(|(e, n)| format!("{e} {n}")),
-            "/import" => email(&item),
-            "/import-orders" => text(&item, "eshop_code"),
+            "/import" => email(item),
+            "/import-orders" => text(item, "eshop_code"),
             p if p.starts_with("/send/") => item.get("recipient").and_then(email),
             _ => None,
         };
@@ -816,7 +804,7 @@ async fn handle(
         };
         if recorded.is_accepted() {
             *st.accepted_items.entry(recorded.path.clone()).or_default() +=
-                item_count(&recorded.path, &recorded.body);
+                items_in(&recorded.path, &recorded.body).len();
         }
         st.requests.push(recorded);
         (answer, fault)
