@@ -402,32 +402,31 @@ impl<'a> Vars<'a> {
             #[cfg(test)]
             Source::Context => return self.context().get(segments.next()?),
         };
-        let first = segments.next()?;
-        let (map, name) = match first {
+        // `event` as a value, made once and only when read whole or for its own fields.
+        let whole = || self.event_value.get_or_init(|| event.to_value());
+        let (map, name) = match segments.next()? {
             "contact" => (&event.contact, "contact"),
             "data" => (&event.data, "data"),
-            "now" => {
-                return Some(self.now_value.get_or_init(|| {
-                    Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                }))
-            }
-            "event" => {
-                let whole = || self.event_value.get_or_init(|| event.to_value());
-                match segments.next() {
-                    Some("contact") => (&event.contact, "contact"),
-                    Some("data") => (&event.data, "data"),
-                    Some(other) => return whole().get(other),
-                    None => return Some(whole()),
-                }
-            }
+            "now" => return Some(self.now_value.get_or_init(|| now_value(now))),
+            "event" => match segments.next() {
+                Some("contact") => (&event.contact, "contact"),
+                Some("data") => (&event.data, "data"),
+                Some(other) => return whole().get(other),
+                None => return Some(whole()),
+            },
             _ => return None,
         };
         match segments.next() {
             Some(key) => map.get(key),
-            // The whole map, as a value: the copy inside `event`, made once.
-            None => self.event_value.get_or_init(|| event.to_value()).get(name),
+            // The whole map, as a value: the copy inside `event`.
+            None => whole().get(name),
         }
     }
+}
+
+/// `now` as templates see it: RFC 3339, to the second, in UTC.
+fn now_value(now: chrono::DateTime<chrono::Utc>) -> Value {
+    Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// Builds the context every template sees: `event`, `contact`, `data` and `now`.
@@ -438,10 +437,7 @@ pub fn context(event: &crate::domain::event::Event, now: chrono::DateTime<chrono
     root.insert("event".into(), event.to_value());
     root.insert("contact".into(), Value::Object(event.contact.clone()));
     root.insert("data".into(), Value::Object(event.data.clone()));
-    root.insert(
-        "now".into(),
-        Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-    );
+    root.insert("now".into(), now_value(now));
     // `from_value` refuses only what is not an object.
     Context::from_value(Value::Object(root)).unwrap_or_default()
 }
